@@ -1,0 +1,12 @@
+"""ComfyUI glue: V3 nodes that adapt MODEL/GUIDER/SIGMAS/LATENT to the pure-torch solvers."""
+
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+from . import inversion, samplers
+
+
+class ExactInversionExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return [*samplers.NODES, *inversion.NODES]

@@ -1,0 +1,197 @@
+"""Invert, Edit and Round-trip check: the nodes of the invert -> edit data flow."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from comfy_api.latest import io
+
+from ..solvers import InversionState, check_sigmas
+from .common import (
+    CATEGORY,
+    Inversion,
+    check_latent_channels,
+    latent_samples,
+    node_id,
+    solver_for_state,
+    solver_of,
+)
+from .model_adapter import run_edit, run_inversion, schedule_for
+
+INVERT = "Invert"
+EDIT = "Edit from Inversion"
+CHECK = "Round-trip Check"
+
+
+def _guider_model(guider: Any, node: str) -> Any:
+    model = getattr(guider, "model_patcher", None)
+    if model is None or not hasattr(guider, "sample"):
+        raise ValueError(f"{node}: input 'guider' is not a GUIDER; connect e.g. a CFGGuider or BasicGuider")
+    return model
+
+
+class Invert(io.ComfyNode):
+    """Runs a latent up the sigma grid with an invertible solver, producing an INVERSION."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("Invert"),
+            display_name=INVERT,
+            category=CATEGORY,
+            description="Inverts an encoded image to noise with one of our solvers. The guider's prompt and "
+                        "cfg are part of the inversion: run Edit with the same guider to reconstruct the "
+                        "image, or with an edited prompt to edit it. How far to invert is set by the "
+                        "sigmas (e.g. BasicScheduler's denoise).",
+            inputs=[
+                io.Guider.Input("guider", tooltip="Source prompt and cfg (cfg 1 is usual for inversion)."),
+                io.Sampler.Input("sampler", tooltip="A solver node of this pack (DDIM, EDICT, BDIA, ...)."),
+                io.Sigmas.Input("sigmas", tooltip="The noise-level grid, as a scheduler outputs it (noisy -> "
+                                                  "clean). Do not flip it: Invert walks it backwards."),
+                io.Latent.Input("latent", tooltip="The encoded image to invert."),
+            ],
+            outputs=[
+                Inversion.Output("inversion", tooltip="The inverted state; feed it to Edit."),
+                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T, for previews."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict) -> io.NodeOutput:
+        model = _guider_model(guider, INVERT)
+        solver = solver_of(sampler, INVERT)
+        samples = latent_samples(latent, INVERT)
+        check_latent_channels(samples, model, INVERT, "latent")
+        schedule = schedule_for(model, INVERT)
+        grid = check_sigmas(sigmas, schedule, what=f"{INVERT}: input 'sigmas'")
+        solver.warnings(grid, schedule)
+        state, z_top = run_inversion(guider, solver, samples, grid, INVERT)
+        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe()]})
+
+
+class Edit(io.ComfyNode):
+    """Runs an INVERSION back down its grid with (possibly) another guider."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("Edit"),
+            display_name=EDIT,
+            category=CATEGORY,
+            description="Regenerates the image from an inversion. With the same guider as Invert, exact "
+                        "solvers reproduce the input; with an edited prompt, you get the edit.",
+            inputs=[
+                io.Guider.Input("guider", tooltip="Target prompt and cfg."),
+                Inversion.Input("inversion", tooltip="The output of Invert (or Load Inversion)."),
+                io.Sigmas.Input("sigmas", optional=True,
+                                tooltip="Optional: the SIGMAS used by Invert, to check the graph is wired as "
+                                        "intended. The inversion's own grid is always used."),
+            ],
+            outputs=[io.Latent.Output("latent", tooltip="The regenerated (edited) latent; decode it with the VAE.")],
+        )
+
+    @classmethod
+    def execute(cls, guider: Any, inversion: Any, sigmas: torch.Tensor | None = None) -> io.NodeOutput:
+        model = _guider_model(guider, EDIT)
+        if not isinstance(inversion, InversionState):
+            raise ValueError(f"{EDIT}: input 'inversion' must come from Invert or Load Inversion")
+        schedule = schedule_for(model, EDIT)
+        if schedule.kind != inversion.schedule:
+            raise ValueError(
+                f"{EDIT}: input 'inversion' was made with a {inversion.schedule} model but the guider's model is "
+                f"{schedule.kind}; edit with the model family used for the inversion"
+            )
+        check_latent_channels(inversion.latents["x"], model, EDIT, "inversion")
+        if sigmas is not None:
+            _check_same_grid(sigmas, inversion)
+        solver = solver_for_state(inversion, EDIT)
+        out = run_edit(guider, solver, inversion, EDIT)
+        return io.NodeOutput({"samples": out})
+
+
+def _check_same_grid(sigmas: torch.Tensor, inversion: InversionState) -> None:
+    grid = sigmas.detach().to("cpu", torch.float64).flatten()
+    ref = inversion.sigmas
+    same = grid.shape == ref.shape and torch.allclose(grid, ref, rtol=1e-6, atol=1e-9)
+    if not same:
+        raise ValueError(
+            f"{EDIT}: input 'sigmas' ({len(grid) - 1} steps, {_span(grid)}) does not match the inversion's grid "
+            f"({inversion.steps} steps, {_span(ref)}). Connect the SIGMAS used by Invert, or leave it unconnected."
+        )
+
+
+def _span(grid: torch.Tensor) -> str:
+    if grid.numel() == 0:
+        return "empty"
+    return f"sigma {float(grid[0]):.4g} -> {float(grid[-1]):.4g}"
+
+
+def roundtrip_errors(reference: torch.Tensor, result: torch.Tensor, peak: float | None) -> dict[str, float]:
+    """max-abs error, relative L2 error and PSNR (peak given, or the reference's value range)."""
+    ref = reference.detach().to("cpu", torch.float64)
+    res = result.detach().to("cpu", torch.float64)
+    diff = res - ref
+    mse = float(diff.pow(2).mean())
+    norm = float(ref.norm())
+    value_range = peak if peak is not None else float(ref.max() - ref.min())
+    psnr = math.inf if mse == 0 else 10 * math.log10(max(value_range, 1e-12) ** 2 / mse)
+    return {
+        "max_abs": float(diff.abs().max()),
+        "relative": float(diff.norm()) / norm if norm > 0 else float(diff.norm()),
+        "psnr_db": psnr,
+    }
+
+
+class RoundTripCheck(io.ComfyNode):
+    """Measures how far a reconstruction is from its original, and shows it in the node."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("RoundTripCheck"),
+            display_name=CHECK,
+            category=CATEGORY,
+            description="Compares a reconstruction with its original: max-abs error, relative L2 error and "
+                        "PSNR. Connect two latents or two images.",
+            is_output_node=True,
+            inputs=[
+                io.Latent.Input("original_latent", optional=True, tooltip="The latent given to Invert."),
+                io.Latent.Input("result_latent", optional=True, tooltip="The latent from Edit."),
+                io.Image.Input("original_image", optional=True, tooltip="The original image."),
+                io.Image.Input("result_image", optional=True, tooltip="The decoded reconstruction."),
+            ],
+            outputs=[
+                io.Float.Output("max_abs_error"),
+                io.Float.Output("relative_error", tooltip="||result - original|| / ||original||"),
+                io.Float.Output("psnr_db", tooltip="PSNR in dB; peak 1 for images, the original's value range "
+                                                   "for latents."),
+                io.String.Output("report"),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, original_latent: dict | None = None, result_latent: dict | None = None,
+                original_image: torch.Tensor | None = None, result_image: torch.Tensor | None = None) -> io.NodeOutput:
+        latents = (original_latent, result_latent)
+        images = (original_image, result_image)
+        if all(v is not None for v in latents) and all(v is None for v in images):
+            ref = latent_samples(original_latent, CHECK, "original_latent")
+            res = latent_samples(result_latent, CHECK, "result_latent")
+            kind, peak = "latent", None
+        elif all(v is not None for v in images) and all(v is None for v in latents):
+            ref, res, kind, peak = original_image, result_image, "image", 1.0
+        else:
+            raise ValueError(f"{CHECK}: connect either both latents (original_latent and result_latent) or both "
+                             "images (original_image and result_image)")
+        if tuple(ref.shape) != tuple(res.shape):
+            raise ValueError(f"{CHECK}: the original and the result differ in shape ({list(ref.shape)} vs "
+                             f"{list(res.shape)}); compare the input of Invert with the output of Edit")
+        err = roundtrip_errors(ref, res, peak)
+        report = (f"{kind} round trip: max-abs {err['max_abs']:.3e}, relative {err['relative']:.3e}, "
+                  f"PSNR {err['psnr_db']:.2f} dB")
+        return io.NodeOutput(err["max_abs"], err["relative"], err["psnr_db"], report, ui={"text": [report]})
+
+
+NODES = [Invert, Edit, RoundTripCheck]

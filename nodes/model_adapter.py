@@ -1,0 +1,170 @@
+"""Runs our pure-torch solvers inside ComfyUI's sampling path.
+
+Everything that reaches the model goes through the user's GUIDER (``guider.sample``), so CFG,
+conditioning masks, ControlNet and model patches apply exactly as in a stock sampler. We hand the
+guider a ``comfy.samplers.Sampler`` of our own: it receives the prepared model (``model_wrap``)
+and the latent after ``process_latent_in``, and runs the solver on a denoiser built from them.
+
+Unlike the stock ``KSAMPLER`` it skips ``noise_scaling``/``inverse_noise_scaling`` when inverting
+or editing: the inverted state is already at the top noise level, and flow models'
+``inverse_noise_scaling`` divides by ``1 - sigma`` (infinite at sigma = 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+
+from ..solvers import InversionState, Schedule, Solver
+
+PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+
+
+def schedule_for_sampling(sampling: Any, node: str) -> Schedule:
+    """The solver schedule for a ComfyUI ``model_sampling`` object (eps/v -> vp, CONST -> flow)."""
+    if isinstance(sampling, comfy.model_sampling.CONST):
+        return Schedule("flow")
+    is_plain_eps = isinstance(sampling, comfy.model_sampling.EPS) and not isinstance(
+        sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)
+    )
+    if is_plain_eps and float(getattr(sampling, "sigma_data", 1.0)) == 1.0:
+        return Schedule("vp")
+    raise ValueError(
+        f"{node}: the model's sampling type {type(sampling).__name__} is not supported; exact inversion "
+        "supports eps and v-prediction models (SD1.x/2.x/SDXL style) and flow models (SD3/Flux style)."
+    )
+
+
+def schedule_for(model_patcher: Any, node: str) -> Schedule:
+    """The solver schedule for a MODEL (a ComfyUI ModelPatcher)."""
+    return schedule_for_sampling(model_patcher.get_model_object("model_sampling"), node)
+
+
+def make_denoiser(model_k: Any, extra_args: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Wrap ComfyUI's prepared model as ``denoise(x, sigma) -> x0_hat`` for a solver.
+
+    The state keeps its own dtype (float64 by default): ComfyUI casts the network input to the
+    model's dtype and computes the denoised estimate from our full-precision x, so the solver sees
+    the network output without extra rounding. Interruption is checked before every evaluation.
+    """
+
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        sigmas = sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+        return model_k(x, sigmas, **extra_args)
+
+    return denoise
+
+
+def make_step_callback(preview: PreviewCallback | None) -> Callable[..., None] | None:
+    """Adapt ComfyUI's preview/progress callback to the solvers' per-step callback."""
+    if preview is None:
+        return None
+
+    def on_step(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
+        shown = denoised if denoised is not None else x
+        preview(step, shown.float(), x.float(), total)
+
+    return on_step
+
+
+class SolverSampler(comfy.samplers.Sampler):
+    """A SAMPLER running one of our solvers; as such it generates from noise (SamplerCustomAdvanced)."""
+
+    def __init__(self, solver: Solver, node: str = "sampler") -> None:
+        self.solver = solver
+        self.node = node
+
+    def _denoiser_and_schedule(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask):
+        # model_wrap is the guider; its inner_model is the prepared comfy BaseModel.
+        args = {**extra_args, "denoise_mask": denoise_mask}
+        model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
+        model_k.latent_image = latent_image
+        model_k.noise = noise
+        schedule = schedule_for_sampling(model_wrap.inner_model.model_sampling, self.node)
+        return make_denoiser(model_k, args), schedule
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        """Plain generation, like a stock KSAMPLER (noise scaling in, inverse noise scaling out)."""
+        sampling = model_wrap.inner_model.model_sampling
+        denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
+                                                        denoise_mask)
+        x = sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
+        out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
+        return sampling.inverse_noise_scaling(sigmas[-1], out.to(noise.dtype))
+
+
+class _InvertRun(SolverSampler):
+    """Single-use sampler for Invert: runs ``solver.invert`` on the latent the guider prepared."""
+
+    def __init__(self, solver: Solver, node: str, latent_is_zero: bool) -> None:
+        super().__init__(solver, node)
+        self.latent_is_zero = latent_is_zero
+        self.latents: dict[str, torch.Tensor] | None = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        if self.latent_is_zero:  # the guider skips process_latent_in for an all-zero latent
+            latent_image = model_wrap.inner_model.process_latent_in(latent_image)
+        denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
+                                                        denoise_mask)
+        self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
+        return self.latents["x"].to(torch.float32)
+
+
+class _EditRun(SolverSampler):
+    """Single-use sampler for Edit: runs ``solver.sample`` from an inverted state."""
+
+    def __init__(self, solver: Solver, node: str, latents: dict[str, torch.Tensor]) -> None:
+        super().__init__(solver, node)
+        self.latents = latents
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
+                                                        denoise_mask)
+        latents = {k: v.to(noise.device) for k, v in self.latents.items()}
+        out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback))
+        return out.to(torch.float32)
+
+
+def _sample_through(guider: Any, run: SolverSampler, noise: torch.Tensor, latent: torch.Tensor,
+                    sigmas: torch.Tensor) -> torch.Tensor:
+    preview = latent_preview.prepare_callback(guider.model_patcher, len(sigmas) - 1)
+    return guider.sample(noise, latent, run, sigmas, callback=preview,
+                         disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=0)
+
+
+def run_inversion(guider: Any, solver: Solver, latent: torch.Tensor, sigmas: torch.Tensor,
+                  node: str) -> tuple[InversionState, torch.Tensor]:
+    """Invert a LATENT-space tensor through ``guider`` on ``sigmas`` (float64 grid).
+
+    Returns the state (its latents in sampler space, after ``process_latent_in``) and z_T in
+    LATENT space for previews.
+    """
+    schedule = schedule_for(guider.model_patcher, node)
+    run = _InvertRun(solver, node, latent_is_zero=bool(torch.count_nonzero(latent) == 0))
+    z_top = _sample_through(guider, run, torch.zeros_like(latent), latent, sigmas)
+    assert run.latents is not None, "the guider did not call the sampler"
+    state = InversionState(
+        solver=solver.name,
+        params=solver.params(),
+        schedule=schedule.kind,
+        sigmas=sigmas,
+        latents={k: v.detach().to("cpu") for k, v in run.latents.items()},
+    )
+    return state, z_top
+
+
+def run_edit(guider: Any, solver: Solver, state: InversionState, node: str) -> torch.Tensor:
+    """Run an inverted state back down its own grid through ``guider``; returns a LATENT-space tensor."""
+    zeros = torch.zeros(state.shape, dtype=torch.float32)
+    return _sample_through(guider, _EditRun(solver, node, state.latents), zeros, zeros, state.sigmas)

@@ -1,0 +1,136 @@
+"""Write the workflow files in workflows/ (front-end UI format) from compact graph descriptions.
+
+Node inputs and outputs are read from the real ComfyUI's node definitions, so the files match
+what the front end would save. Run: scripts/py scripts/make_workflows.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "support"))
+
+Ref = tuple["Node", int]
+
+
+class Node:
+    def __init__(self, graph: Graph, node_id: int, class_type: str, widgets: list[Any], col: int, row: int,
+                 title: str | None, links: dict[str, Ref]) -> None:
+        self.graph, self.id, self.type, self.widgets = graph, node_id, class_type, widgets
+        self.col, self.row, self.title, self.links = col, row, title, links
+
+    def out(self, slot: int = 0) -> Ref:
+        return (self, slot)
+
+
+class Graph:
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+
+    def add(self, class_type: str, widgets: list[Any] | None = None, col: int = 0, row: int = 0,
+            title: str | None = None, **links: Ref) -> Node:
+        node = Node(self, len(self.nodes) + 1, class_type, widgets or [], col, row, title, links)
+        self.nodes.append(node)
+        return node
+
+    def to_ui(self) -> dict[str, Any]:
+        import nodes as comfy_nodes
+
+        defs = {n.type: comfy_nodes.NODE_CLASS_MAPPINGS[n.type] for n in self.nodes}
+        link_rows: list[list[Any]] = []
+        out_links: dict[tuple[int, int], list[int]] = {}
+        in_links: dict[tuple[int, str], int] = {}
+        for node in self.nodes:
+            spec = defs[node.type].INPUT_TYPES()
+            all_inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+            for name, (src, slot) in node.links.items():
+                if name not in all_inputs:
+                    raise KeyError(f"{node.type} has no input {name!r}")
+                link_id = len(link_rows) + 1
+                kind = defs[src.type].RETURN_TYPES[slot]
+                link_rows.append([link_id, src.id, slot, node.id, None, kind])
+                out_links.setdefault((src.id, slot), []).append(link_id)
+                in_links[(node.id, name)] = link_id
+        ui_nodes = []
+        for order, node in enumerate(self.nodes):
+            cls = defs[node.type]
+            spec = cls.INPUT_TYPES()
+            inputs = []
+            for name, sp in [*spec.get("required", {}).items(), *spec.get("optional", {}).items()]:
+                kind = sp[0] if isinstance(sp, (list, tuple)) else sp
+                if (node.id, name) in in_links:
+                    inputs.append({"name": name, "type": kind if isinstance(kind, str) else "COMBO",
+                                   "link": in_links[(node.id, name)]})
+                elif isinstance(kind, str) and kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") \
+                        and not isinstance(kind, list):
+                    inputs.append({"name": name, "type": kind, "link": None})
+            for slot_index, inp in enumerate(inputs):
+                if inp["link"] is not None:
+                    link_rows[inp["link"] - 1][4] = slot_index
+            names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+            outputs = [{"name": names[i], "type": t, "links": out_links.get((node.id, i), []), "slot_index": i}
+                       for i, t in enumerate(cls.RETURN_TYPES)]
+            ui = {"id": node.id, "type": node.type, "pos": [40 + node.col * 360, 40 + node.row * 220],
+                  "size": [320, 160], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
+                  "outputs": outputs, "properties": {"Node name for S&R": node.type},
+                  "widgets_values": node.widgets}
+            if node.title:
+                ui["title"] = node.title
+            ui_nodes.append(ui)
+        return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, json.dumps([n.type for n in self.nodes]))),
+                "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(link_rows),
+                "nodes": ui_nodes, "links": link_rows, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+
+
+def sd15_invert_edit() -> Graph:
+    """LoadImage -> VAEEncode -> Invert (source prompt, cfg 1) -> Edit (target prompt) -> SaveImage,
+    plus a reconstruction with the source guider and a round-trip check."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
+    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
+    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
+    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
+    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
+    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
+    g_src = g.add("CFGGuider", [1.0], 2, 0, "Source guider (inversion)", model=ckpt.out(0), positive=src.out(0),
+                  negative=neg.out(0))
+    g_tgt = g.add("CFGGuider", [3.0], 2, 1, "Target guider (edit)", model=ckpt.out(0), positive=tgt.out(0),
+                  negative=neg.out(0))
+    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 2, 2, model=ckpt.out(0))
+    solver = g.add("ExactInversion_DDIMSolver", ["current", "float64"], 2, 3)
+    inv = g.add("ExactInversion_Invert", [], 3, 0, guider=g_src.out(0), sampler=solver.out(0),
+                sigmas=sigmas.out(0), latent=enc.out(0))
+    edit = g.add("ExactInversion_Edit", [], 4, 0, "Edit", guider=g_tgt.out(0), inversion=inv.out(0),
+                 sigmas=sigmas.out(0))
+    recon = g.add("ExactInversion_Edit", [], 4, 1, "Reconstruct", guider=g_src.out(0), inversion=inv.out(0))
+    g.add("ExactInversion_RoundTripCheck", [], 5, 2, original_latent=enc.out(0), result_latent=recon.out(0))
+    dec_e = g.add("VAEDecode", [], 5, 0, samples=edit.out(0), vae=ckpt.out(2))
+    dec_r = g.add("VAEDecode", [], 5, 1, samples=recon.out(0), vae=ckpt.out(2))
+    g.add("SaveImage", ["exact_inversion/edit"], 6, 0, images=dec_e.out(0))
+    g.add("SaveImage", ["exact_inversion/reconstruction"], 6, 1, images=dec_r.out(0))
+    return g
+
+
+WORKFLOWS = {"ddim_invert_edit.json": sd15_invert_edit}
+
+
+def main() -> None:
+    import comfyhost
+
+    comfyhost.boot()
+    out_dir = REPO / "workflows"
+    out_dir.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        text = json.dumps(build().to_ui(), indent=1) + "\n"
+        (out_dir / name).write_text(text)
+        print("wrote", out_dir / name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Boot a real ComfyUI in-process (library mode) and run graphs through its executor.
+
+Used by tests/host and the demo. ComfyUI comes from the cache provisioned by scripts/setup_host.sh;
+its location is in COMFYUI_DIR (set by scripts/py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SUPPORT = Path(__file__).resolve().parent
+
+
+class HostMissing(RuntimeError):
+    pass
+
+
+def comfy_dir() -> Path:
+    d = os.environ.get("COMFYUI_DIR")
+    if not d or not (Path(d) / "execution.py").is_file():
+        raise HostMissing("ComfyUI host not found: run through scripts/py (it provisions the host)")
+    return Path(d)
+
+
+_BOOTED: dict[str, Any] = {}
+
+
+def boot(work: str | None = None) -> dict[str, Any]:
+    """Import ComfyUI on the CPU, point its folders at a temp dir, load our pack and the test pack.
+
+    Idempotent within a process. Returns {"work": dir, "nodes": module, "import_failures": [...]}.
+    """
+    if _BOOTED:
+        return _BOOTED
+    cdir = comfy_dir()
+    for p in (str(cdir), str(SUPPORT)):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import folder_paths
+    import utils.extra_config  # noqa: F401  (before nodes.py shadows 'utils')
+
+    work = work or tempfile.mkdtemp(prefix="exact-inversion-host-")
+    for d in ("output", "input", "temp", "user", "models/checkpoints"):
+        os.makedirs(os.path.join(work, d), exist_ok=True)
+    folder_paths.set_output_directory(f"{work}/output")
+    folder_paths.set_input_directory(f"{work}/input")
+    folder_paths.set_temp_directory(f"{work}/temp")
+    folder_paths.set_user_directory(f"{work}/user")
+    folder_paths.add_model_folder_path("checkpoints", f"{work}/models/checkpoints", is_default=True)
+
+    import torch
+
+    import nodes
+
+    torch.set_num_threads(1)
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    failures = []
+    for pack in (REPO, SUPPORT / "tinypack"):
+        if not asyncio.run(nodes.load_custom_node(str(pack))):
+            failures.append(str(pack))
+    _BOOTED.update(work=work, nodes=nodes, import_failures=failures)
+    return _BOOTED
+
+
+class NullServer:
+    """What execution.PromptExecutor needs from PromptServer; records the messages it sends."""
+
+    def __init__(self) -> None:
+        self.client_id = None
+        self.last_node_id = None
+        self.last_prompt_id = None
+        self.messages: list[tuple[str, Any]] = []
+
+    def send_sync(self, event: str, data: Any, sid: Any = None) -> None:
+        self.messages.append((event, data))
+
+
+def run_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
+    """Validate and execute an API-format graph; returns the history outputs or raises with the error."""
+    import execution
+
+    boot()
+    pid = str(uuid.uuid4())
+    valid = asyncio.run(execution.validate_prompt(pid, prompt, None))
+    ok, err, outputs, node_errors = valid
+    if not ok:
+        raise RuntimeError(f"prompt failed validation: {err} {node_errors}")
+    server = NullServer()
+    ex = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    ex.execute(prompt, pid, {}, outputs)
+    if not ex.success:
+        errors = [m for m in ex.status_messages if m[0] == "execution_error"]
+        raise RuntimeError(f"prompt failed: {errors}")
+    return ex.history_result["outputs"]

@@ -1,0 +1,100 @@
+"""Tiny random SD1-shaped models built in ComfyUI's own classes (UNet, CLIP, VAE), for tests.
+
+No weights are downloaded or stored: everything is initialised from a seed. The shapes follow SD1.5
+(4 latent channels, 8x VAE downscale, 77-token CLIP context) at a fraction of the width, so a
+64x64 image runs through a whole invert -> edit graph in well under a second on one CPU core.
+Requires ComfyUI to be importable (see tests/host/conftest.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import comfy.latent_formats
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models_base
+import torch
+from comfy.ldm.models.autoencoder import AutoencoderKL
+
+CONTEXT_DIM = 64
+
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4,
+    "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2],
+    "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+    "context_dim": CONTEXT_DIM, "use_spatial_transformer": True, "use_linear_in_transformer": False,
+    "legacy": False, "adm_in_channels": None, "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+TINY_CLIP_CONFIG = {  # overrides of ComfyUI's sd1_clip_config.json (CLIP-L) for a 1-layer, 64-wide encoder
+    "hidden_size": CONTEXT_DIM, "intermediate_size": 128, "num_attention_heads": 2,
+    "num_hidden_layers": 1, "projection_dim": CONTEXT_DIM,
+}
+
+TINY_VAE_DDCONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0,
+}
+
+
+class TinySD(comfy.supported_models_base.BASE):
+    """Model config of the tiny UNet (SD1.5 latent format, eps prediction)."""
+
+    unet_config = {"model_channels": 32, "context_dim": CONTEXT_DIM, "in_channels": 4,
+                   "use_linear_in_transformer": False, "adm_in_channels": None, "use_temporal_attention": False}
+    unet_extra_config = {"num_heads": 2, "num_head_channels": -1}
+    latent_format = comfy.latent_formats.SD15
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.float32]
+
+    def clip_target(self, state_dict=None):
+        return None
+
+
+def init_weights(module: torch.nn.Module, seed: int) -> None:
+    """ComfyUI's disable_weight_init layers start as torch.empty garbage: give them seeded values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel()))
+            elif name.endswith("weight"):
+                p.fill_(1.0)
+            else:
+                p.zero_()
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
+    """A tiny eps-prediction UNet as a MODEL (ModelPatcher)."""
+    cfg = TinySD(TINY_UNET_CONFIG)
+    cfg.set_inference_dtype(dtype, None)
+    base = cfg.get_model({})
+    init_weights(base.diffusion_model, seed)
+    base.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def make_clip(seed: int = 0) -> comfy.sd.CLIP:
+    """A 1-layer CLIP text encoder with SD1.5's real tokenizer (its vocab ships with ComfyUI)."""
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_CONFIG)})
+    init_weights(clip.cond_stage_model, seed)
+    return clip
+
+
+def make_vae(seed: int = 0) -> comfy.sd.VAE:
+    """An 8x-downscaling KL autoencoder with 4 latent channels, like SD's VAE but only 32 channels wide."""
+    params = {"ddconfig": dict(TINY_VAE_DDCONFIG), "embed_dim": 4}
+    model = AutoencoderKL(**params)
+    init_weights(model, seed)
+    return comfy.sd.VAE(sd=model.state_dict(), config={"params": params})
+
+
+def make_cond(seed: int = 0, batch: int = 1) -> list:
+    """A CONDITIONING built by hand (random context), for tests that skip the text encoder."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(batch, 77, CONTEXT_DIM, generator=g), {}]]

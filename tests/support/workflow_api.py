@@ -1,0 +1,87 @@
+"""Convert a workflow saved by ComfyUI's front end (UI format) into the API format /prompt runs.
+
+The UI format stores widget values positionally (``widgets_values``); the API format names every
+input. The mapping needs each node's input definitions, in the shape of ``/object_info`` (or of
+``INPUT_TYPES()`` in-process): widget inputs take values in order, seed-like INT inputs carry one
+extra "control after generate" value, and extra UI-only widgets (e.g. LoadImage's upload button)
+come last and are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SKIPPED_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def _is_widget(spec: Any) -> bool:
+    kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def _has_control_widget(name: str, spec: Any) -> bool:
+    opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return kind == "INT" and name in ("seed", "noise_seed")
+
+
+def ordered_inputs(input_types: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(name, spec) of required then optional inputs, in definition order."""
+    out: list[tuple[str, Any]] = []
+    for section in ("required", "optional"):
+        out.extend(input_types.get(section, {}).items())
+    return out
+
+
+def ui_to_api(workflow: dict[str, Any], input_types: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """API-format prompt of a UI-format workflow; ``input_types[class_type]`` is INPUT_TYPES()."""
+    links = {link[0]: link for link in workflow.get("links", [])}
+    prompt: dict[str, Any] = {}
+    for node in workflow["nodes"]:
+        class_type = node["type"]
+        if class_type in SKIPPED_NODE_TYPES or node.get("mode", 0) in (2, 4):  # muted / bypassed
+            continue
+        if class_type not in input_types:
+            raise KeyError(f"node {node['id']}: unknown node type {class_type!r} (missing custom node?)")
+        linked = {inp["name"]: inp["link"] for inp in node.get("inputs", []) if inp.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs: dict[str, Any] = {}
+        for name, spec in ordered_inputs(input_types[class_type]):
+            if name in linked:
+                link = links[linked[name]]
+                inputs[name] = [str(link[1]), link[2]]
+                if _is_widget(spec) and values:  # a widget converted to an input keeps its slot
+                    values.pop(0)
+                    if _has_control_widget(name, spec) and values:
+                        values.pop(0)
+                continue
+            if not _is_widget(spec):
+                continue
+            if not values:
+                raise ValueError(f"node {node['id']} ({class_type}): no widget value for input {name!r}")
+            inputs[name] = values.pop(0)
+            if _has_control_widget(name, spec) and values:
+                values.pop(0)
+        prompt[str(node["id"])] = {"class_type": class_type, "inputs": inputs,
+                                   "_meta": {"title": node.get("title", class_type)}}
+    return prompt
+
+
+def comfy_input_types(class_types: set[str]) -> dict[str, dict[str, Any]]:
+    """INPUT_TYPES() of node classes from an in-process ComfyUI (after nodes are loaded)."""
+    import nodes
+
+    return {c: nodes.NODE_CLASS_MAPPINGS[c].INPUT_TYPES() for c in class_types if c in nodes.NODE_CLASS_MAPPINGS}
+
+
+def swap_checkpoint_loader(prompt: dict[str, Any], loader: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Replace every CheckpointLoaderSimple with ``loader`` (same outputs: MODEL, CLIP, VAE)."""
+    out = {}
+    for node_id, node in prompt.items():
+        if node["class_type"] == "CheckpointLoaderSimple":
+            node = {**node, "class_type": loader, "inputs": dict(inputs)}
+        out[node_id] = node
+    return out
