@@ -6,14 +6,10 @@ failure, never a skip. Run through `make test` or `scripts/py -m pytest`, which 
 
 from __future__ import annotations
 
-import os
-
 import comfyhost
 import pytest
-from images import example_image
 
 BOOTED = comfyhost.boot()
-example_image().save(os.path.join(BOOTED["work"], "input", "example.png"))
 
 
 @pytest.fixture(scope="session")

@@ -35,6 +35,8 @@ _BOOTED: dict[str, Any] = {}
 def boot(work: str | None = None) -> dict[str, Any]:
     """Import ComfyUI on the CPU, point its folders at a temp dir, load our pack and the test pack.
 
+    Writes the example image the workflows load into the input folder.
+
     Idempotent within a process. Returns {"work": dir, "nodes": module, "import_failures": [...]}.
     """
     if _BOOTED:
@@ -57,6 +59,9 @@ def boot(work: str | None = None) -> dict[str, Any]:
     folder_paths.set_temp_directory(f"{work}/temp")
     folder_paths.set_user_directory(f"{work}/user")
     folder_paths.add_model_folder_path("checkpoints", f"{work}/models/checkpoints", is_default=True)
+    from images import example_image
+
+    example_image().save(os.path.join(work, "input", "example.png"))  # what the workflows' LoadImage reads
 
     import torch
 

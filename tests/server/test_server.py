@@ -1,0 +1,157 @@
+"""Server layer: ComfyUI's main.py --cpu with the pack in custom_nodes, driven over HTTP.
+
+A missing host fails (comfyhost.comfy_dir raises): run through `make test` or scripts/py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import comfyhost
+import pytest
+from images import example_image
+from workflow_api import swap_checkpoint_loader, ui_to_api
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
+             "ExactInversion_RoundTripCheck"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return json.loads(r.read())
+
+
+def _post(url: str, payload: dict):
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    comfy = comfyhost.comfy_dir()
+    base = tmp_path_factory.mktemp("comfy-base")
+    (base / "custom_nodes").mkdir()
+    (base / "input").mkdir()
+    os.symlink(REPO, base / "custom_nodes" / "exact-inversion")
+    os.symlink(REPO / "tests" / "support" / "tinypack", base / "custom_nodes" / "exact-inversion-tinypack")
+    example_image().save(base / "input" / "example.png")
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.environ.get("COMFYUI_STUBS", ""), str(REPO / "tests" / "support")])}
+    log_path = base / "server.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+         str(base), "--disable-api-nodes", "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],
+        cwd=comfy, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{log_path.read_text()[-3000:]}")
+            try:
+                _get(url + "/system_stats", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}") from None
+                time.sleep(0.3)
+        yield {"url": url, "log": log_path, "base": base}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _run(server, prompt: dict, timeout: float = 120.0) -> dict:
+    status, body = _post(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+    assert status == 200, body
+    pid = body["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        hist = _get(f"{server['url']}/history/{pid}")
+        if pid in hist and hist[pid]["status"].get("completed") is not None:
+            entry = hist[pid]
+            if entry["status"]["status_str"] in ("success", "error"):
+                return entry
+        time.sleep(0.2)
+    raise TimeoutError(f"prompt {pid} did not finish")
+
+
+def test_pack_loaded_without_import_failure(server):
+    log = server["log"].read_text()
+    failed = [line for line in log.splitlines() if "IMPORT FAILED" in line and "exact-inversion" in line]
+    assert not failed, failed
+
+
+def test_every_node_in_object_info(server):
+    info = _get(server["url"] + "/object_info")
+    assert OUR_NODES <= set(info)
+    assert info["ExactInversion_Invert"]["display_name"] == "Invert"
+
+
+def test_js_extension_served(server):
+    assert any("exact-inversion" in path for path in _get(server["url"] + "/extensions"))
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_workflow_succeeds_over_http(server, path):
+    info = _get(server["url"] + "/object_info")
+    ui = json.loads(path.read_text())
+    types = {n["type"]: info[n["type"]]["input"] for n in ui["nodes"]}
+    prompt = swap_checkpoint_loader(ui_to_api(ui, types), "ExactInversionTest_TinyCheckpointLoader", {"seed": 0})
+    entry = _run(server, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+    assert any("round trip" in t for t in texts)
+
+
+def test_bad_input_is_a_clear_error_and_server_keeps_serving(server):
+    bad = {
+        "1": {"class_type": "ExactInversionTest_TinyCheckpointLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "4": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0],
+                                                    "cfg": 1.0}},
+        "5": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 5,
+                                                         "denoise": 1.0}},
+        "6": {"class_type": "FlipSigmas", "inputs": {"sigmas": ["5", 0]}},
+        "7": {"class_type": "ExactInversion_DDIMSolver", "inputs": {"inversion_label": "current",
+                                                                    "state_dtype": "float64"}},
+        "8": {"class_type": "ExactInversion_Invert", "inputs": {"guider": ["4", 0], "sampler": ["7", 0],
+                                                                "sigmas": ["6", 0], "latent": ["2", 0]}},
+        "9": {"class_type": "ExactInversion_Edit", "inputs": {"guider": ["4", 0], "inversion": ["8", 0]}},
+        "10": {"class_type": "SaveLatent", "inputs": {"samples": ["9", 0], "filename_prefix": "bad"}},
+    }
+    entry = _run(server, bad)
+    assert entry["status"]["status_str"] == "error"
+    errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert "Invert: input 'sigmas'" in errors[0][1]["exception_message"]
+    assert "strictly decreasing" in errors[0][1]["exception_message"]
+    # the server still serves the next prompt
+    assert _get(server["url"] + "/system_stats")["system"]
