@@ -38,7 +38,7 @@ def solver_for_state(state: InversionState, node: str) -> Solver:
     if cls is None:
         raise ValueError(f"{node}: input 'inversion' was made by unknown solver {state.solver!r}")
     try:
-        return cls(**state.params)
+        return cls.from_params(state.params)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{node}: input 'inversion' has invalid {state.solver} parameters: {err}") from err
 

@@ -61,6 +61,11 @@ class Solver(ABC):
         """Parameters that define the maths; stored with an inversion and checked on load."""
         return {"state_dtype": self.state_dtype_name}
 
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Solver:
+        """Rebuild a solver from ``params()`` (as stored with an inversion)."""
+        return cls(**params)
+
     def nfe_per_step(self) -> int:
         """Denoiser evaluations per grid step (for reports; AIDI's depends on convergence)."""
         return 1

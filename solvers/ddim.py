@@ -64,6 +64,8 @@ class DDIM(Solver):
         return {"x": x}
 
     def sample(self, denoise, latents: dict[str, Tensor], sigmas, schedule, callback=None) -> Tensor:
+        if "x" not in latents:
+            raise ValueError("DDIM latents: missing 'x' (the inverted latent)")
         x, s = self._prepare(latents["x"], sigmas, schedule)
         n = len(s) - 1
         for i in range(n):

@@ -1,0 +1,82 @@
+"""CFG sensitivity (section 12.3 #10) and BDIA's parasitic-mode guard (section 3.7)."""
+
+from __future__ import annotations
+
+import gmm as G
+import pytest
+import torch
+
+from solvers import BDIA, DDIM, EDICT, EES25, Schedule, bdia_guard
+
+CFGS = [1.0, 3.0, 7.5]
+
+
+def roundtrip(solver, den, x0, grid, sched) -> float:
+    return G.rel_error(solver.sample(den, solver.invert(den, x0, grid, sched), grid, sched), x0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v", "flow"])
+def test_ddim_error_grows_with_cfg_exact_methods_do_not(bed, prediction) -> None:
+    grid = G.comfy_grid(prediction, 50)
+    sched = Schedule.for_prediction(prediction)
+    x0 = bed.clean(prediction, grid)
+    ddim = [roundtrip(DDIM(), bed.denoiser(prediction, w), x0, grid, sched) for w in CFGS]
+    assert ddim[0] < ddim[1] < ddim[2], ddim
+    assert ddim[0] > 1e-3
+    for solver in (EDICT(), BDIA(1.0), BDIA(0.94)):
+        for w in CFGS:
+            assert roundtrip(solver, bed.denoiser(prediction, w), x0, grid, sched) <= 1e-12
+
+
+def test_ees_defect_grows_with_cfg(bed) -> None:
+    """The near-reversibility of EES degrades with the CFG stiffness (section 12.3 #10)."""
+    grid = G.lambda_grid("eps", 50)
+    sched, x0 = Schedule("vp"), bed.clean("eps", G.lambda_grid("eps", 50))
+    errs = [roundtrip(EES25(), bed.denoiser("eps", w), x0, grid, sched) for w in CFGS]
+    assert errs[0] < errs[1] < errs[2] and errs[0] < 1e-6
+
+
+def test_guard_fires_for_gamma_08_at_100_steps() -> None:
+    with pytest.raises(ValueError, match=r"gamma.*gamma\^-N"):
+        bdia_guard(0.8, 100)
+    sigmas = G.comfy_grid("eps", 100)
+    with pytest.raises(ValueError, match="gamma"):
+        BDIA(0.8).warnings(sigmas, Schedule("vp"))
+    with pytest.raises(ValueError, match="gamma"):
+        BDIA(0.8).invert(lambda x, s: x, torch.zeros(2, 3), sigmas, Schedule("vp"))
+
+
+def test_guard_quiet_and_warnings() -> None:
+    assert bdia_guard(1.0, 50) == []
+    assert bdia_guard(1.0, 1000) == []
+    assert bdia_guard(0.94, 50) == []  # 0.94^-50 = 22
+    assert len(bdia_guard(0.94, 100)) == 1  # 485 > 1e2: warn, allowed
+    assert len(bdia_guard(0.5, 10)) == 1  # 1024: warn, allowed below 50 steps
+    assert BDIA(1.0).warnings(G.comfy_grid("eps", 50), Schedule("vp")) == []
+
+
+def test_guard_does_not_block_sampling(bed) -> None:
+    """The parasitic root of sampling is -gamma (stable): plain generation with gamma = 0.5 works."""
+    grid = G.lambda_grid("eps", 60)
+    den = bed.denoiser("eps")
+    xT = bed.noisy("eps", grid)
+    out = BDIA(0.5).sample(den, {"x": xT}, grid, Schedule("vp"))
+    ref = G.reference_solution(den, "eps", xT, float(grid[0]), float(grid[-1]), tol=1e-9)
+    assert G.rel_error(out, ref) < 1e-2
+
+
+def test_parasitic_mode_grows_like_gamma_power(bed) -> None:
+    """|z_N - z_{N-1}| of the inverted pair shrinks with N for gamma = 1 but grows for gamma = 0.8
+    (parasitic root -1/gamma), still allowed below 50 steps: observed 0.065, 0.26, 1.28 at N = 30, 40, 49."""
+    den, sched = bed.denoiser("eps"), Schedule("vp")
+
+    def gap(gamma: float, n: int) -> float:
+        grid = G.lambda_grid("eps", n)
+        lat = BDIA(gamma).invert(den, bed.clean("eps", grid), grid, sched)
+        scale = sched.scale(grid[:2])
+        return float((scale[0] * lat["x"] - scale[1] * lat["x_next"]).norm())
+
+    g1 = [gap(1.0, n) for n in (30, 40, 49)]
+    g08 = [gap(0.8, n) for n in (30, 40, 49)]
+    assert g1[0] > g1[1] > g1[2]
+    assert g08[0] < g08[1] < g08[2] and g08[2] > 10 * g1[2]
