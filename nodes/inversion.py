@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -66,9 +67,15 @@ class Invert(io.ComfyNode):
         check_latent_channels(samples, model, INVERT, "latent")
         schedule = schedule_for(model, INVERT)
         grid = check_sigmas(sigmas, schedule, what=f"{INVERT}: input 'sigmas'")
-        solver.warnings(grid, schedule)
+        try:
+            warnings = solver.warnings(grid, schedule)
+        except ValueError as err:
+            raise ValueError(f"{INVERT}: input 'sampler' cannot invert on this grid: {err}") from err
+        for warning in warnings:
+            logging.warning("%s: %s", INVERT, warning)
         state, z_top = run_inversion(guider, solver, samples, grid, INVERT)
-        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe()]})
+        state.meta["warnings"] = warnings
+        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), *warnings]})
 
 
 class Edit(io.ComfyNode):

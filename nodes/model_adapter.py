@@ -12,7 +12,8 @@ or editing: the inverted state is already at the top noise level, and flow model
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import comfy.model_management
@@ -45,6 +46,54 @@ def schedule_for_sampling(sampling: Any, node: str) -> Schedule:
 def schedule_for(model_patcher: Any, node: str) -> Schedule:
     """The solver schedule for a MODEL (a ComfyUI ModelPatcher)."""
     return schedule_for_sampling(model_patcher.get_model_object("model_sampling"), node)
+
+
+def fractional_timestep(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Continuous inverse of ModelSamplingDiscrete.sigma(t), which interpolates log-sigma linearly in t."""
+    table = log_sigmas.to(torch.float64)
+    ls = sigma.to(device=table.device, dtype=torch.float64).log().clamp(table[0], table[-1]).flatten()
+    idx = torch.searchsorted(table, ls).clamp(1, len(table) - 1)
+    lo, hi = table[idx - 1], table[idx]
+    t = (idx - 1).to(torch.float64) + (ls - lo) / (hi - lo)
+    return t.view(sigma.shape).to(sigma.device)
+
+
+@contextlib.contextmanager
+def fractional_timesteps(sampling: Any, grid: torch.Tensor) -> Iterator[None]:
+    """Give a discrete model the fractional timestep of sigmas between grid levels while we run.
+
+    ComfyUI's ``ModelSamplingDiscrete.timestep`` rounds to the nearest integer, so a stage evaluated
+    between grid levels (EES) would silently see a grid level's timestep. Levels on the grid keep
+    ComfyUI's own (rounded) timestep, so our solvers evaluate the model exactly as stock samplers do
+    there. The method is shadowed on the instance for the run and restored after; continuous
+    samplings (flow) are untouched.
+    """
+    log_sigmas = getattr(sampling, "log_sigmas", None)
+    if log_sigmas is None or isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
+        yield
+        return
+    levels = grid.detach().to(torch.float64).flatten()
+    stock = type(sampling).timestep
+
+    def timestep(sigma: torch.Tensor) -> torch.Tensor:
+        s = sigma.detach().to(device=levels.device, dtype=torch.float64).flatten()
+        on_grid = ((s[:, None] - levels[None, :]).abs() <= 1e-6 * levels[None, :]).any(dim=1)
+        if bool(on_grid.all()):
+            return stock(sampling, sigma)
+        frac = fractional_timestep(sampling.log_sigmas, sigma).flatten()
+        rounded = stock(sampling, sigma).flatten().to(frac.dtype)
+        return torch.where(on_grid.to(frac.device), rounded, frac).view(sigma.shape)
+
+    had_own = "timestep" in vars(sampling)
+    previous = vars(sampling).get("timestep")
+    sampling.timestep = timestep
+    try:
+        yield
+    finally:
+        if had_own:
+            sampling.timestep = previous
+        else:
+            del sampling.timestep
 
 
 def make_denoiser(model_k: Any, extra_args: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -98,7 +147,8 @@ class SolverSampler(comfy.samplers.Sampler):
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
         x = sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
-        out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
+        with fractional_timesteps(sampling, sigmas):
+            out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
         return sampling.inverse_noise_scaling(sigmas[-1], out.to(noise.dtype))
 
 
@@ -116,7 +166,8 @@ class _InvertRun(SolverSampler):
             latent_image = model_wrap.inner_model.process_latent_in(latent_image)
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
-        self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
+        with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
+            self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
         return self.latents["x"].to(torch.float32)
 
 
@@ -132,7 +183,8 @@ class _EditRun(SolverSampler):
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
         latents = {k: v.to(noise.device) for k, v in self.latents.items()}
-        out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback))
+        with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
+            out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback))
         return out.to(torch.float32)
 
 

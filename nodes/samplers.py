@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..solvers import DDIM
+from ..solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, Solver
 from .common import CATEGORY, node_id
 from .model_adapter import SolverSampler
 
@@ -21,6 +21,15 @@ STATE_DTYPE_TOOLTIP = (
 def state_dtype_input() -> io.Combo.Input:
     return io.Combo.Input("state_dtype", options=["float64", "float32"], default="float64",
                           tooltip=STATE_DTYPE_TOOLTIP)
+
+
+def _make(node: str, build, **kwargs) -> io.NodeOutput:
+    """Build a solver, turning a parameter error into a message that names the node."""
+    try:
+        solver: Solver = build(**kwargs)
+    except ValueError as err:
+        raise ValueError(f"{node}: {err}") from err
+    return io.NodeOutput(SolverSampler(solver, node))
 
 
 class DDIMSolver(io.ComfyNode):
@@ -48,11 +57,122 @@ class DDIMSolver(io.ComfyNode):
 
     @classmethod
     def execute(cls, inversion_label: str, state_dtype: str) -> io.NodeOutput:
-        try:
-            solver = DDIM(inversion_label=inversion_label, state_dtype=state_dtype)
-        except ValueError as err:
-            raise ValueError(f"DDIM Solver: {err}") from err
-        return io.NodeOutput(SolverSampler(solver, "DDIM Solver"))
+        return _make("DDIM Solver", DDIM, inversion_label=inversion_label, state_dtype=state_dtype)
 
 
-NODES = [DDIMSolver]
+class EDICTSolver(io.ComfyNode):
+    """EDICT: coupled x/y sequences, exactly invertible, 2 model evaluations per step."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("EDICTSolver"),
+            display_name="EDICT Solver",
+            category=CATEGORY,
+            description="EDICT (Wallace et al. 2023): exact inversion with two coupled latents; reconstructs "
+                        "the input to floating-point precision at any cfg. Costs 2 model evaluations per step.",
+            inputs=[
+                io.Float.Input("p", default=0.93, min=0.5, max=1.0, step=0.005,
+                               tooltip="Mixing weight of the two sequences. 0.93 is the paper's value at 50 steps "
+                                       "(0.9-0.97 work); lower keeps them closer when sampling but dilates "
+                                       "their difference when inverting."),
+                io.Combo.Input("p_rule", options=["fixed", "scaled"], default="fixed",
+                               tooltip="'scaled' uses p^(50/steps), so other step counts mix as much in total "
+                                       "as p does at 50 steps."),
+                state_dtype_input(),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, p: float, p_rule: str, state_dtype: str) -> io.NodeOutput:
+        return _make("EDICT Solver", EDICT, p=p, p_rule=p_rule, state_dtype=state_dtype)
+
+
+class BDIASolver(io.ComfyNode):
+    """BDIA-DDIM: exactly invertible with 1 model evaluation per step."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("BDIASolver"),
+            display_name="BDIA Solver",
+            category=CATEGORY,
+            description="BDIA-DDIM (Zhang et al. 2024): exact inversion at the cost of DDIM (1 model evaluation "
+                        "per step), storing the last two latents. gamma = 1 is second order.",
+            inputs=[
+                io.Float.Input("gamma", default=1.0, min=0.5, max=1.0, step=0.01,
+                               tooltip="Weight of the backward correction. 1.0 (default) is second order and "
+                                       "the most stable to invert; the inversion amplifies errors by "
+                                       "gamma^-steps, so gamma < 0.9 is refused at 50 or more steps."),
+                state_dtype_input(),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, gamma: float, state_dtype: str) -> io.NodeOutput:
+        return _make("BDIA Solver", BDIA, gamma=gamma, state_dtype=state_dtype)
+
+
+class AIDISolver(io.ComfyNode):
+    """AIDI: fixed-point inversion (plain average or Anderson acceleration); samples like DDIM."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("AIDISolver"),
+            display_name="AIDI Solver",
+            category=CATEGORY,
+            description="AIDI (Pan et al. 2023): each inversion step solves for the latent whose DDIM step "
+                        "lands exactly on the previous one, by fixed-point iteration. Accurate at cfg 1; "
+                        "costs up to max_iter + 1 evaluations per inversion step.",
+            inputs=[
+                io.Combo.Input("variant", options=["A", "E"], default="A",
+                               tooltip="A: Anderson acceleration (fast, converges in a few iterations). "
+                                       "E: the paper's 0.5/0.5 averaging."),
+                io.Int.Input("max_iter", default=6, min=1, max=50,
+                             tooltip="Iteration cap per inversion step (the paper uses 5-11)."),
+                io.Float.Input("tol", default=1e-8, min=0.0, max=1e-2, step=1e-9,
+                               tooltip="Stop a step early when the relative residual is below this; 0 always "
+                                       "runs max_iter."),
+                io.Int.Input("window", default=3, min=1, max=8, tooltip="Anderson history length (variant A)."),
+                state_dtype_input(),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, variant: str, max_iter: int, tol: float, window: int, state_dtype: str) -> io.NodeOutput:
+        return _make("AIDI Solver", AIDI, variant=variant, max_iter=max_iter, tol=tol, window=window,
+                     state_dtype=state_dtype)
+
+
+class EESSolver(io.ComfyNode):
+    """EES(2,5) / EES(2,7): explicit Runge-Kutta solvers that are nearly reversible."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("EESSolver"),
+            display_name="EES Solver",
+            category=CATEGORY,
+            description="Explicit and effectively symmetric Runge-Kutta (Shmelev et al.): second order, and "
+                        "inverting then sampling returns the input up to O(h^5) or O(h^7). Stages evaluate the "
+                        "model between grid levels at their own noise level.",
+            inputs=[
+                io.Combo.Input("scheme", options=["EES(2,5)", "EES(2,7)"], default="EES(2,5)",
+                               tooltip="EES(2,5): 3 evaluations per step, round-trip defect O(h^5). "
+                                       "EES(2,7): 4 evaluations per step, O(h^7)."),
+                state_dtype_input(),
+            ],
+            outputs=[io.Sampler.Output()],
+        )
+
+    @classmethod
+    def execute(cls, scheme: str, state_dtype: str) -> io.NodeOutput:
+        build = EES25 if scheme == "EES(2,5)" else EES27
+        return _make("EES Solver", build, state_dtype=state_dtype)
+
+
+NODES = [DDIMSolver, EDICTSolver, BDIASolver, AIDISolver, EESSolver]

@@ -1,7 +1,7 @@
-"""The main job: an invert -> edit workflow through real ComfyUI, writing images and a report.
+"""The main job: invert -> edit workflows through real ComfyUI, writing images and a report.
 
-Runs workflows/ddim_invert_edit.json in-process (PromptExecutor) on a tiny SD1-shaped model (the
-embedded trained model replaces it when it lands), then measures the round trip on eps,
+Runs each workflows/<solver>_invert_edit.json in-process (PromptExecutor) on a tiny SD1-shaped model
+(the embedded trained model replaces it when it lands), then measures the DDIM round trip on eps,
 v-prediction and flow versions of the model at several cfg values.
 
 Usage: scripts/py scripts/demo.py [--out demo_output]
@@ -19,16 +19,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))
 
-WORKFLOW = REPO / "workflows" / "ddim_invert_edit.json"
+SOLVERS = ["ddim", "edict", "bdia", "aidi", "ees"]
 TINY_LOADER = ("ExactInversionTest_TinyCheckpointLoader", {"seed": 0})
 
 
-def run_workflow(out: Path) -> dict:
+def workflow_path(solver: str) -> Path:
+    return REPO / "workflows" / f"{solver}_invert_edit.json"
+
+
+def run_workflow(solver: str, out: Path) -> dict:
     import comfyhost
     from workflow_api import comfy_input_types, swap_checkpoint_loader, ui_to_api
 
     booted = comfyhost.boot()
-    ui = json.loads(WORKFLOW.read_text())
+    ui = json.loads(workflow_path(solver).read_text())
     prompt = swap_checkpoint_loader(ui_to_api(ui, comfy_input_types({n["type"] for n in ui["nodes"]})), *TINY_LOADER)
     t0 = time.perf_counter()
     outputs = comfyhost.run_prompt(prompt)
@@ -38,13 +42,13 @@ def run_workflow(out: Path) -> dict:
         for img in node_out.get("images", []):
             src = Path(booted["work"]) / "output" / img["subfolder"] / img["filename"]
             kind = "edit" if "edit" in img["filename"] else "reconstruction"
-            dst = out / f"{kind}.png"
+            dst = out / f"{solver}_{kind}.png"
             shutil.copy(src, dst)
             images[kind] = dst
     shutil.copy(Path(booted["work"]) / "input" / "example.png", out / "input.png")
     images["input"] = out / "input.png"
-    reports = [t for node_out in outputs.values() for t in node_out.get("text", [])]
-    return {"images": images, "reports": reports, "wall_s": wall}
+    reports = [t for node_out in outputs.values() for t in node_out.get("text", []) if "round trip" in t]
+    return {"images": images, "report": reports[0], "wall_s": wall}
 
 
 def roundtrip_table() -> list[dict]:
@@ -79,16 +83,20 @@ def roundtrip_table() -> list[dict]:
     return rows
 
 
-def comparison_grid(images: dict[str, Path], path: Path) -> None:
+def comparison_grid(results: dict[str, dict], path: Path) -> None:
+    """One row per solver: input | reconstruction | edit."""
     from PIL import Image, ImageDraw
 
-    order = ["input", "reconstruction", "edit"]
-    tiles = [Image.open(images[k]).convert("RGB").resize((192, 192), Image.NEAREST) for k in order]
-    grid = Image.new("RGB", (192 * len(tiles), 212), "white")
+    order, tile = ["input", "reconstruction", "edit"], 128
+    grid = Image.new("RGB", (tile * len(order) + 60, (tile + 20) * len(results)), "white")
     draw = ImageDraw.Draw(grid)
-    for i, (name, tile) in enumerate(zip(order, tiles, strict=True)):
-        grid.paste(tile, (192 * i, 20))
-        draw.text((192 * i + 6, 4), name, fill="black")
+    for row, (solver, result) in enumerate(results.items()):
+        top = row * (tile + 20)
+        draw.text((4, top + tile // 2), solver, fill="black")
+        for col, kind in enumerate(order):
+            img = Image.open(result["images"][kind]).convert("RGB").resize((tile, tile), Image.NEAREST)
+            grid.paste(img, (60 + tile * col, top + 16))
+            draw.text((60 + tile * col + 4, top + 2), kind, fill="black")
     grid.save(path)
 
 
@@ -98,19 +106,20 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    result = run_workflow(args.out)
-    comparison_grid(result["images"], args.out / "grid.png")
+    results = {solver: run_workflow(solver, args.out) for solver in SOLVERS}
+    comparison_grid(results, args.out / "grid.png")
     rows = roundtrip_table()
     (args.out / "roundtrip.json").write_text(json.dumps(rows, indent=1))
 
     lines = [
         "# Exact Inversion demo report", "",
-        f"Workflow `{WORKFLOW.relative_to(REPO)}` ran through real ComfyUI (PromptExecutor) in "
-        f"{result['wall_s']:.2f} s on a tiny random SD1-shaped model (no trained weights yet).", "",
-        "Images: `input.png`, `reconstruction.png` (same guider as the inversion), `edit.png` (target prompt), "
-        "`grid.png` (side by side).", "",
-        "Round-trip Check node in the workflow:", "",
-        *[f"    {r}" for r in result["reports"]], "",
+        "Each `workflows/<solver>_invert_edit.json` ran through real ComfyUI (PromptExecutor) on a tiny random "
+        "SD1-shaped model (no trained weights yet): VAE-encode the input, invert with the source guider (cfg 1), "
+        "reconstruct with the same guider and edit with the target prompt (cfg 3).", "",
+        "Images: `input.png`, `<solver>_reconstruction.png`, `<solver>_edit.png`, and `grid.png` (one row per "
+        "solver). A random VAE decodes to noise; the figures below are what to read.", "",
+        "| solver | wall s | Round-trip Check (encoded latent vs reconstruction) |", "|---|---|---|",
+        *[f"| {k} | {r['wall_s']:.2f} | {r['report']} |" for k, r in results.items()], "",
         "DDIM invert -> reconstruct with the same guider, latent space (`roundtrip.json`):", "",
         "| model | steps | cfg | sigma_max | max-abs | relative | PSNR dB |",
         "|---|---|---|---|---|---|---|",
@@ -122,7 +131,8 @@ def main() -> None:
     ]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"\nwrote {args.out}/report.md, grid.png, input.png, reconstruction.png, edit.png, roundtrip.json")
+    print(f"\nwrote {args.out}/: report.md, grid.png, input.png, <solver>_reconstruction.png, "
+          "<solver>_edit.png, roundtrip.json")
 
 
 if __name__ == "__main__":

@@ -88,7 +88,8 @@ class Graph:
                 "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
 
 
-def sd15_invert_edit() -> Graph:
+def sd15_invert_edit(solver_type: str = "ExactInversion_DDIMSolver", solver_widgets: list | None = None,
+                     prefix: str = "exact_inversion") -> Graph:
     """LoadImage -> VAEEncode -> Invert (source prompt, cfg 1) -> Edit (target prompt) -> SaveImage,
     plus a reconstruction with the source guider and a round-trip check."""
     g = Graph()
@@ -103,7 +104,7 @@ def sd15_invert_edit() -> Graph:
     g_tgt = g.add("CFGGuider", [3.0], 2, 1, "Target guider (edit)", model=ckpt.out(0), positive=tgt.out(0),
                   negative=neg.out(0))
     sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 2, 2, model=ckpt.out(0))
-    solver = g.add("ExactInversion_DDIMSolver", ["current", "float64"], 2, 3)
+    solver = g.add(solver_type, solver_widgets or ["current", "float64"], 2, 3)
     inv = g.add("ExactInversion_Invert", [], 3, 0, guider=g_src.out(0), sampler=solver.out(0),
                 sigmas=sigmas.out(0), latent=enc.out(0))
     edit = g.add("ExactInversion_Edit", [], 4, 0, "Edit", guider=g_tgt.out(0), inversion=inv.out(0),
@@ -112,12 +113,22 @@ def sd15_invert_edit() -> Graph:
     g.add("ExactInversion_RoundTripCheck", [], 5, 2, original_latent=enc.out(0), result_latent=recon.out(0))
     dec_e = g.add("VAEDecode", [], 5, 0, samples=edit.out(0), vae=ckpt.out(2))
     dec_r = g.add("VAEDecode", [], 5, 1, samples=recon.out(0), vae=ckpt.out(2))
-    g.add("SaveImage", ["exact_inversion/edit"], 6, 0, images=dec_e.out(0))
-    g.add("SaveImage", ["exact_inversion/reconstruction"], 6, 1, images=dec_r.out(0))
+    g.add("SaveImage", [f"{prefix}/edit"], 6, 0, images=dec_e.out(0))
+    g.add("SaveImage", [f"{prefix}/reconstruction"], 6, 1, images=dec_r.out(0))
     return g
 
 
-WORKFLOWS = {"ddim_invert_edit.json": sd15_invert_edit}
+WORKFLOWS = {
+    "ddim_invert_edit.json": lambda: sd15_invert_edit(),
+    "edict_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EDICTSolver", [0.93, "fixed", "float64"],
+                                                       "exact_inversion/edict"),
+    "bdia_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_BDIASolver", [1.0, "float64"],
+                                                      "exact_inversion/bdia"),
+    "aidi_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_AIDISolver", ["A", 6, 1e-8, 3, "float64"],
+                                                      "exact_inversion/aidi"),
+    "ees_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EESSolver", ["EES(2,5)", "float64"],
+                                                     "exact_inversion/ees"),
+}
 
 
 def main() -> None:

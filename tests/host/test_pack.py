@@ -1,7 +1,9 @@
 """The pack loads through ComfyUI's own custom-node loader, with every node registered."""
 
 EXPECTED = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
-            "ExactInversion_RoundTripCheck"}
+            "ExactInversion_RoundTripCheck",
+            "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
+            "ExactInversion_EESSolver"}
 
 
 def test_loads_without_import_failure(host):

@@ -24,7 +24,9 @@ from workflow_api import swap_checkpoint_loader, ui_to_api
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
-             "ExactInversion_RoundTripCheck"}
+             "ExactInversion_RoundTripCheck",
+            "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
+            "ExactInversion_EESSolver"}
 
 
 def _free_port() -> int:

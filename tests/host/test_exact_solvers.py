@@ -1,0 +1,151 @@
+"""Every solver node inside real ComfyUI: exact round trips for EDICT and BDIA through the real
+sampling path (tiny float32 UNet, float64 state), convergence behaviour for AIDI and EES."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import check, edit, guider, invert, random_latent, sigmas, variant
+from tiny import make_cond, make_model
+
+SOLVER_NODES = {
+    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
+    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
+    "bdia094": ("ExactInversion_BDIASolver", {"gamma": 0.94, "state_dtype": "float64"}),
+    "aidi": ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 3,
+                                          "state_dtype": "float64"}),
+    "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
+    "ees27": ("ExactInversion_EESSolver", {"scheme": "EES(2,7)", "state_dtype": "float64"}),
+}
+
+
+def make_sampler(node_classes, name, **override):
+    node, kwargs = SOLVER_NODES[name]
+    return node_classes[node].execute(**{**kwargs, **override}).result[0]
+
+
+@pytest.fixture(scope="module")
+def base_model(host):
+    return make_model(0)
+
+
+def roundtrip_error(node_classes, model, sampler, steps, cfg, batch=1):
+    g = guider(node_classes, model, make_cond(1), make_cond(2), cfg)
+    latent = random_latent((batch, 4, 8, 8), seed=7)
+    inv, _ = invert(node_classes, g, sampler, sigmas(node_classes, model, steps), latent)
+    rec = edit(node_classes, g, inv)
+    return check(node_classes, latent, rec).result[1], inv
+
+
+@pytest.mark.parametrize("kind", ["eps", "v", "flow"])
+@pytest.mark.parametrize("solver", ["edict", "bdia"])
+@pytest.mark.parametrize("steps", [20, 50])
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_exact_roundtrip_through_comfyui(node_classes, base_model, kind, solver, steps, cfg, batch):
+    model = variant(node_classes, base_model, kind)
+    with torch.inference_mode():
+        rel, inv = roundtrip_error(node_classes, model, make_sampler(node_classes, solver), steps, cfg, batch)
+    assert rel <= 1e-5, rel
+    assert set(inv.latents) == ({"x", "y"} if solver == "edict" else {"x", "x_next"})
+    assert all(t.dtype == torch.float64 for t in inv.latents.values())
+
+
+def test_bdia_gamma_094_exact(node_classes, base_model):
+    with torch.inference_mode():
+        rel, _ = roundtrip_error(node_classes, base_model, make_sampler(node_classes, "bdia094"), 20, 3.0)
+    assert rel <= 1e-5
+
+
+def test_exact_solvers_beat_ddim_by_orders_of_magnitude(node_classes, base_model):
+    ddim = node_classes["ExactInversion_DDIMSolver"].execute(inversion_label="current",
+                                                             state_dtype="float64").result[0]
+    with torch.inference_mode():
+        approx, _ = roundtrip_error(node_classes, base_model, ddim, 20, 3.0)
+        exact, _ = roundtrip_error(node_classes, base_model, make_sampler(node_classes, "edict"), 20, 3.0)
+    assert exact * 1e4 < approx
+
+
+@pytest.mark.parametrize("kind", ["eps", "flow"])
+def test_aidi_error_decreases_with_iterations(node_classes, base_model, kind):
+    model = variant(node_classes, base_model, kind)
+    errs = []
+    with torch.inference_mode():
+        for iters in (1, 3, 8):
+            sampler = make_sampler(node_classes, "aidi", max_iter=iters, tol=0.0)
+            errs.append(roundtrip_error(node_classes, model, sampler, 20, 1.0)[0])
+    assert all(math.isfinite(e) for e in errs)
+    assert errs[0] > errs[1] > errs[2], errs
+
+
+@pytest.mark.parametrize("kind", ["eps", "v", "flow"])
+@pytest.mark.parametrize("scheme", ["ees25", "ees27"])
+def test_ees_error_decreases_with_steps(node_classes, base_model, kind, scheme):
+    model = variant(node_classes, base_model, kind)
+    with torch.inference_mode():
+        coarse, _ = roundtrip_error(node_classes, model, make_sampler(node_classes, scheme), 10, 1.0)
+        fine, _ = roundtrip_error(node_classes, model, make_sampler(node_classes, scheme), 40, 1.0)
+    assert math.isfinite(coarse) and fine < coarse, (coarse, fine)
+
+
+def test_ees_stages_reach_the_model_at_fractional_timesteps(node_classes, base_model):
+    """ComfyUI rounds discrete timesteps; EES stages between grid levels must get their own."""
+    seen = []
+    dm = base_model.model.diffusion_model
+    original = dm.forward
+
+    def spy(x, timesteps=None, *args, **kwargs):
+        seen.extend(timesteps.flatten().tolist())
+        return original(x, timesteps, *args, **kwargs)
+
+    dm.forward = spy
+    try:
+        with torch.inference_mode():
+            roundtrip_error(node_classes, base_model, make_sampler(node_classes, "ees25"), 6, 1.0)
+    finally:
+        del dm.forward
+    fractional = [t for t in seen if abs(t - round(t)) > 1e-3]
+    assert fractional, "every stage was rounded to an integer timestep"
+    # grid levels themselves stay on ComfyUI's integer timesteps
+    assert any(abs(t - round(t)) < 1e-9 and t > 0 for t in seen)
+    # and nothing is left patched on the model afterwards
+    assert "timestep" not in vars(base_model.get_model_object("model_sampling"))
+
+
+@pytest.mark.parametrize("name", sorted(SOLVER_NODES))
+def test_every_solver_generates_in_sampler_custom_advanced(node_classes, base_model, name):
+    g = guider(node_classes, base_model, make_cond(1), make_cond(2), 4.0)
+    noise = node_classes["RandomNoise"].execute(noise_seed=3).result[0]
+    with torch.inference_mode():
+        out = node_classes["SamplerCustomAdvanced"].execute(
+            noise=noise, guider=g, sampler=make_sampler(node_classes, name), sigmas=sigmas(node_classes, base_model, 8),
+            latent_image={"samples": torch.zeros(1, 4, 8, 8)}).result[0]
+    assert out["samples"].shape == (1, 4, 8, 8) and torch.isfinite(out["samples"]).all()
+
+
+def test_bdia_guard_refuses_unstable_inversion(node_classes, base_model):
+    g = guider(node_classes, base_model, make_cond(1), make_cond(2), 1.0)
+    with pytest.raises(ValueError, match=r"Invert: input 'sampler' cannot invert on this grid.*gamma"):
+        invert(node_classes, g, make_sampler(node_classes, "bdia", gamma=0.8), sigmas(node_classes, base_model, 60),
+               random_latent())
+
+
+def test_bdia_guard_warning_shown_in_node(node_classes, base_model):
+    g = guider(node_classes, base_model, make_cond(1), make_cond(2), 1.0)
+    out = node_classes["ExactInversion_Invert"].execute(
+        guider=g, sampler=make_sampler(node_classes, "bdia", gamma=0.8), sigmas=sigmas(node_classes, base_model, 25),
+        latent=random_latent())
+    assert any("gamma" in t for t in out.ui["text"][1:]), out.ui
+
+
+@pytest.mark.parametrize("node, bad, match", [
+    ("ExactInversion_EDICTSolver", {"p": 1.5}, r"EDICT Solver: p must be"),
+    ("ExactInversion_BDIASolver", {"gamma": 0.0}, r"BDIA Solver: gamma"),
+    ("ExactInversion_AIDISolver", {"max_iter": 0}, r"AIDI Solver: max_iter"),
+])
+def test_out_of_range_parameters(node_classes, node, bad, match):
+    kwargs = next(v for k, v in SOLVER_NODES.values() if k == node)
+    with pytest.raises(ValueError, match=match):
+        node_classes[node].execute(**{**kwargs, **bad})
