@@ -103,3 +103,13 @@ def test_solver_generates_in_sampler_custom_advanced_like_euler(node_classes, ba
                                                           sampler=comfy.samplers.sampler_object("euler"),
                                                           sigmas=sig, latent_image=empty).result[0]
     torch.testing.assert_close(ours["samples"], stock["samples"], rtol=1e-4, atol=1e-4)
+
+
+def test_check_node_compares_images_with_peak_one(node_classes):
+    a = torch.rand(1, 16, 16, 3, generator=torch.Generator().manual_seed(0))
+    b = (a + 0.1).clamp(0, 1)
+    out = node_classes["ExactInversion_RoundTripCheck"].execute(original_image=a, result_image=b)
+    max_abs, rel, psnr, report = out.result
+    mse = float((b - a).double().pow(2).mean())
+    assert math.isclose(psnr, 10 * math.log10(1.0 / mse), rel_tol=1e-9)
+    assert report.startswith("image round trip") and max_abs <= 0.1 + 1e-6
