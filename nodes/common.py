@@ -9,6 +9,8 @@ from comfy_api.latest import io
 
 from ..solvers import SOLVERS, InversionState, Solver
 
+#: Kept equal to pyproject.toml's version (a unit test checks); written into every saved inversion.
+PACK_VERSION = "0.1.0"
 CATEGORY = "sampling/exact inversion"
 NODE_PREFIX = "ExactInversion_"
 
@@ -32,15 +34,20 @@ def solver_of(sampler: Any, node: str) -> Solver:
     return sampler.solver
 
 
-def solver_for_state(state: InversionState, node: str) -> Solver:
+def solver_for_state(state: InversionState, node: str, name: str = "inversion") -> Solver:
     """Rebuild the solver that made an inversion from its stored name and parameters."""
     cls = SOLVERS.get(state.solver)
     if cls is None:
-        raise ValueError(f"{node}: input 'inversion' was made by unknown solver {state.solver!r}")
+        raise ValueError(f"{node}: input '{name}' was made by unknown solver {state.solver!r}; known: "
+                         f"{', '.join(sorted(SOLVERS))}")
     try:
-        return cls.from_params(state.params)
+        solver = cls.from_params(state.params)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{node}: input 'inversion' has invalid {state.solver} parameters: {err}") from err
+        raise ValueError(f"{node}: input '{name}' has invalid {state.solver} parameters: {err}") from err
+    missing = set(solver.latent_names) - set(state.latents)
+    if missing:
+        raise ValueError(f"{node}: input '{name}' lacks the {state.solver} latents {sorted(missing)}")
+    return solver
 
 
 def latent_samples(latent: Any, node: str, name: str = "latent") -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..solvers import InversionState, check_sigmas
 from .common import (
@@ -19,11 +19,15 @@ from .common import (
     solver_for_state,
     solver_of,
 )
+from .fingerprint import conditioning_fingerprint, model_fingerprint
 from .model_adapter import run_edit, run_inversion, schedule_for
+from .storage import creation_info
 
 INVERT = "Invert"
 EDIT = "Edit from Inversion"
 CHECK = "Round-trip Check"
+#: extras key of the latent Invert started from, so Round-trip Check can take an INVERSION.
+SOURCE = "source_latent"
 
 
 def _guider_model(guider: Any, node: str) -> Any:
@@ -74,7 +78,9 @@ class Invert(io.ComfyNode):
         for warning in warnings:
             logging.warning("%s: %s", INVERT, warning)
         state, z_top = run_inversion(guider, solver, samples, grid, INVERT)
-        state.meta["warnings"] = warnings
+        state.extras[SOURCE] = samples.detach().to("cpu").clone()
+        state.meta.update(model=model_fingerprint(model), conditioning=conditioning_fingerprint(guider),
+                          created=creation_info(), warnings=warnings)
         return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), *warnings]})
 
 
@@ -111,11 +117,31 @@ class Edit(io.ComfyNode):
                 f"{schedule.kind}; edit with the model family used for the inversion"
             )
         check_latent_channels(inversion.latents["x"], model, EDIT, "inversion")
+        _check_same_model(model, inversion)
         if sigmas is not None:
             _check_same_grid(sigmas, inversion)
         solver = solver_for_state(inversion, EDIT)
         out = run_edit(guider, solver, inversion, EDIT)
         return io.NodeOutput({"samples": out})
+
+
+def _check_same_model(model: Any, inversion: InversionState) -> None:
+    """A loaded file must be edited with the model it was made with, unless the user allowed it.
+
+    In-memory inversions only log: the graph shows which model each node uses.
+    """
+    made_with = (inversion.meta.get("model") or {}).get("id")
+    now = model_fingerprint(model)["id"]
+    if made_with is None or made_with == now:
+        return
+    loaded = inversion.meta.get("loaded_from")
+    if loaded and not inversion.meta.get("allow_mismatch"):
+        raise ValueError(
+            f"{EDIT}: input 'guider' uses a different model (fingerprint {now}) from the one that made the inversion "
+            f"loaded from {loaded} ({made_with}). Load the same checkpoint, or tick allow_mismatch on Load Inversion"
+        )
+    logging.warning("%s: the guider's model (%s) differs from the inversion's (%s); the round trip will not be "
+                    "exact", EDIT, now, made_with)
 
 
 def _check_same_grid(sigmas: torch.Tensor, inversion: InversionState) -> None:
@@ -160,10 +186,13 @@ class RoundTripCheck(io.ComfyNode):
             node_id=node_id("RoundTripCheck"),
             display_name=CHECK,
             category=CATEGORY,
-            description="Compares a reconstruction with its original: max-abs error, relative L2 error and "
-                        "PSNR. Connect two latents or two images.",
+            description="Compares a reconstruction with its original: max-abs error, relative L2 error and PSNR, "
+                        "shown in the node with a figure (original | result | error map, log scale). Connect the "
+                        "inversion (or the original latent) and Edit's latent, or two images.",
             is_output_node=True,
             inputs=[
+                Inversion.Input("inversion", optional=True,
+                                tooltip="The inversion: its source latent is the original."),
                 io.Latent.Input("original_latent", optional=True, tooltip="The latent given to Invert."),
                 io.Latent.Input("result_latent", optional=True, tooltip="The latent from Edit."),
                 io.Image.Input("original_image", optional=True, tooltip="The original image."),
@@ -179,26 +208,70 @@ class RoundTripCheck(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, original_latent: dict | None = None, result_latent: dict | None = None,
+    def execute(cls, inversion: Any = None, original_latent: dict | None = None, result_latent: dict | None = None,
                 original_image: torch.Tensor | None = None, result_image: torch.Tensor | None = None) -> io.NodeOutput:
-        latents = (original_latent, result_latent)
-        images = (original_image, result_image)
-        if all(v is not None for v in latents) and all(v is None for v in images):
-            ref = latent_samples(original_latent, CHECK, "original_latent")
-            res = latent_samples(result_latent, CHECK, "result_latent")
-            kind, peak = "latent", None
-        elif all(v is not None for v in images) and all(v is None for v in latents):
-            ref, res, kind, peak = original_image, result_image, "image", 1.0
-        else:
-            raise ValueError(f"{CHECK}: connect either both latents (original_latent and result_latent) or both "
-                             "images (original_image and result_image)")
+        ref, res, kind, peak = _pair(inversion, original_latent, result_latent, original_image, result_image)
         if tuple(ref.shape) != tuple(res.shape):
             raise ValueError(f"{CHECK}: the original and the result differ in shape ({list(ref.shape)} vs "
                              f"{list(res.shape)}); compare the input of Invert with the output of Edit")
         err = roundtrip_errors(ref, res, peak)
         report = (f"{kind} round trip: max-abs {err['max_abs']:.3e}, relative {err['relative']:.3e}, "
                   f"PSNR {err['psnr_db']:.2f} dB")
-        return io.NodeOutput(err["max_abs"], err["relative"], err["psnr_db"], report, ui={"text": [report]})
+        figure = roundtrip_figure(ref, res, channels_last=kind == "image")
+        ui_out = {"text": [report], **ui.PreviewImage(figure, cls=cls).as_dict()}
+        return io.NodeOutput(err["max_abs"], err["relative"], err["psnr_db"], report, ui=ui_out)
+
+
+def _pair(inversion: Any, original_latent: dict | None, result_latent: dict | None,
+          original_image: torch.Tensor | None, result_image: torch.Tensor | None
+          ) -> tuple[torch.Tensor, torch.Tensor, str, float | None]:
+    """(original, result, kind, PSNR peak) from whichever inputs are connected, or a clear error."""
+    images = (original_image, result_image)
+    if inversion is not None and original_latent is None and result_latent is not None \
+            and all(v is None for v in images):
+        if not isinstance(inversion, InversionState):
+            raise ValueError(f"{CHECK}: input 'inversion' must come from Invert or Load Inversion")
+        if SOURCE not in inversion.extras:
+            raise ValueError(f"{CHECK}: input 'inversion' does not carry its source latent (made by an older "
+                             "version?); connect original_latent instead")
+        return inversion.extras[SOURCE], latent_samples(result_latent, CHECK, "result_latent"), "latent", None
+    if inversion is None and original_latent is not None and result_latent is not None \
+            and all(v is None for v in images):
+        ref = latent_samples(original_latent, CHECK, "original_latent")
+        return ref, latent_samples(result_latent, CHECK, "result_latent"), "latent", None
+    if all(v is not None for v in images) and inversion is None and original_latent is None \
+            and result_latent is None:
+        return original_image, result_image, "image", 1.0
+    raise ValueError(f"{CHECK}: connect one pair: inversion and result_latent, original_latent and result_latent, "
+                     "or original_image and result_image")
+
+
+def _to_rgb(t: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """[C, H, W] -> [H, W, 3] in 0..1 with the original's range (first three channels, grey if fewer)."""
+    t = ((t - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    t = t[:3] if t.shape[0] >= 3 else t[:1].expand(3, -1, -1)
+    return t.permute(1, 2, 0)
+
+
+def roundtrip_figure(ref: torch.Tensor, res: torch.Tensor, channels_last: bool, min_size: int = 128) -> torch.Tensor:
+    """An IMAGE [1, H, 3W, 3]: original | result | per-pixel error on a log scale (1e-8 black .. 1 white).
+
+    The error is relative to the original's RMS, so an exact round trip is black and a broken one
+    white, whatever the latent's scale. First batch element only.
+    """
+    a = ref[0].detach().to("cpu", torch.float64)
+    b = res[0].detach().to("cpu", torch.float64)
+    if channels_last:
+        a, b = a.permute(2, 0, 1), b.permute(2, 0, 1)
+    lo = a.amin(dim=(1, 2), keepdim=True)
+    hi = a.amax(dim=(1, 2), keepdim=True)
+    err = (b - a).pow(2).sum(0).sqrt() / a.pow(2).mean().sqrt().clamp_min(1e-12)
+    heat = ((err.clamp_min(1e-8).log10() + 8) / 8).clamp(0, 1)
+    heat_rgb = torch.stack([heat, heat.pow(2), heat.pow(4)], dim=-1)  # black -> red -> yellow -> white
+    panel = torch.cat([_to_rgb(a, lo, hi), _to_rgb(b, lo, hi), heat_rgb], dim=1)
+    scale = max(1, math.ceil(min_size / panel.shape[0]))
+    panel = panel.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return panel.unsqueeze(0).float()
 
 
 NODES = [Invert, Edit, RoundTripCheck]

@@ -28,7 +28,11 @@ def _make(node: str, build, **kwargs) -> io.NodeOutput:
     try:
         solver: Solver = build(**kwargs)
     except ValueError as err:
-        raise ValueError(f"{node}: {err}") from err
+        message = str(err)
+        name = next((k for k in kwargs if message.startswith(f"{k} ")), None)
+        if name is not None:  # "gamma must be ..." -> "input 'gamma' must be ..."
+            message = f"input '{name}'{message[len(name):]}"
+        raise ValueError(f"{node}: {message}") from err
     return io.NodeOutput(SolverSampler(solver, node))
 
 
@@ -171,8 +175,10 @@ class EESSolver(io.ComfyNode):
 
     @classmethod
     def execute(cls, scheme: str, state_dtype: str) -> io.NodeOutput:
-        build = EES25 if scheme == "EES(2,5)" else EES27
-        return _make("EES Solver", build, state_dtype=state_dtype)
+        schemes = {"EES(2,5)": EES25, "EES(2,7)": EES27}
+        if scheme not in schemes:
+            raise ValueError(f"EES Solver: input 'scheme' must be one of {sorted(schemes)}, got {scheme!r}")
+        return _make("EES Solver", schemes[scheme], state_dtype=state_dtype)
 
 
 NODES = [DDIMSolver, EDICTSolver, BDIASolver, AIDISolver, EESSolver]

@@ -94,10 +94,31 @@ def test_check_shape_mismatch(node_classes):
 
 
 def test_check_needs_a_pair(node_classes):
-    expect(r"Round-trip Check: connect either both latents", node_classes["ExactInversion_RoundTripCheck"].execute,
-           original_latent=random_latent())
+    expect(r"Round-trip Check: connect one pair: inversion and result_latent",
+           node_classes["ExactInversion_RoundTripCheck"].execute, original_latent=random_latent())
 
 
 def test_bad_solver_option(node_classes):
-    expect(r"DDIM Solver: inversion_label", node_classes["ExactInversion_DDIMSolver"].execute,
+    expect(r"DDIM Solver: input 'inversion_label'", node_classes["ExactInversion_DDIMSolver"].execute,
            inversion_label="sideways", state_dtype="float64")
+
+
+@pytest.mark.parametrize("node, kwargs, match", [
+    ("ExactInversion_BDIASolver", {"gamma": 1.5, "state_dtype": "float64"}, r"BDIA Solver: input 'gamma' must be"),
+    ("ExactInversion_BDIASolver", {"gamma": -0.1, "state_dtype": "float64"}, r"BDIA Solver: input 'gamma' must be"),
+    ("ExactInversion_EDICTSolver", {"p": 0.0, "p_rule": "fixed", "state_dtype": "float64"},
+     r"EDICT Solver: input 'p' must be"),
+    ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "sometimes", "state_dtype": "float64"},
+     r"EDICT Solver: input 'p_rule' must be"),
+    ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": -1.0, "window": 3, "state_dtype": "float64"},
+     r"AIDI Solver: input 'tol' must be"),
+    ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 0, "state_dtype": "float64"},
+     r"AIDI Solver: input 'window' .*must be"),
+    ("ExactInversion_AIDISolver", {"variant": "Q", "max_iter": 6, "tol": 1e-8, "window": 3, "state_dtype": "float64"},
+     r"AIDI Solver: input 'variant' must be"),
+    ("ExactInversion_EESSolver", {"scheme": "EES(9,9)", "state_dtype": "float64"}, r"EES Solver: input 'scheme'"),
+    ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float16"},
+     r"EDICT Solver: input 'state_dtype' must be one of"),
+])
+def test_solver_parameter_out_of_range(node_classes, node, kwargs, match):
+    expect(match, node_classes[node].execute, **kwargs)

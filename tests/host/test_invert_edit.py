@@ -84,7 +84,8 @@ def test_check_node_reports_in_ui(node_classes):
     out = check(node_classes, a, {"samples": a["samples"] + 0.01})
     max_abs, rel, psnr, report = out.result
     assert math.isclose(max_abs, 0.01, rel_tol=1e-4)
-    assert "relative" in report and out.ui == {"text": [report]}
+    assert "relative" in report and out.ui["text"] == [report]
+    assert [img["type"] for img in out.ui["images"]] == ["temp"]  # the figure
     assert math.isfinite(psnr) and psnr > 0
 
 

@@ -3,7 +3,7 @@
 EXPECTED = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
             "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
-            "ExactInversion_EESSolver"}
+            "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion"}
 
 
 def test_loads_without_import_failure(host):
@@ -39,3 +39,14 @@ def test_solvers_never_import_comfy():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'nodes')]; "
             "print(bad); assert not bad")
     subprocess.run([sys.executable, "-c", code], cwd=repo, check=True, env={"PYTHONPATH": str(repo)})
+
+
+def test_pack_version_matches_pyproject(host):
+    import sys
+    from pathlib import Path
+
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    common = next(m for n, m in sys.modules.items() if n.endswith("nodes.common") and hasattr(m, "PACK_VERSION"))
+    assert common.PACK_VERSION == pyproject["project"]["version"]

@@ -1,0 +1,107 @@
+"""Cheap fingerprints of a MODEL and of a guider's conditioning, stored with every inversion.
+
+They let Load Inversion refuse a file made with another checkpoint, and tell a user which prompt and
+cfg an inversion was made with. A model fingerprint must be fast on multi-GB checkpoints and must
+not change when a LoRA or ControlNet is added (those are legitimate edits), so it hashes the model's
+configuration, its sampling (eps / v / flow, shift) and a fixed sample of *base* weights: every bias
+plus the first and last weight matrix, read from ModelPatcher's backup where a patch was applied in
+place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+_MAX_BIASES = 64
+
+
+def _digest(h: Any, t: torch.Tensor) -> None:
+    c = t.detach().to("cpu", torch.float32).contiguous()
+    h.update(f"{list(c.shape)}".encode())
+    h.update(c.numpy().tobytes())
+
+
+def _sampling_summary(sampling: Any) -> dict[str, Any]:
+    summary: dict[str, Any] = {"type": type(sampling).__name__}
+    for name in ("sigma_min", "sigma_max", "shift", "multiplier"):
+        value = getattr(sampling, name, None)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = float(value)
+        if isinstance(value, (int, float)):
+            summary[name] = round(float(value), 8)
+    return summary
+
+
+def _base_weights(model_patcher: Any) -> list[tuple[str, torch.Tensor]]:
+    """The sampled parameters, as in the checkpoint (in-place patches undone via the backup)."""
+    params = list(model_patcher.model.diffusion_model.named_parameters())
+    matrices = [(n, p) for n, p in params if p.ndim >= 2]
+    biases = [(n, p) for n, p in params if n.endswith(".bias")][:_MAX_BIASES]
+    chosen = dict(biases)
+    if matrices:
+        chosen.update([matrices[0], matrices[-1]])
+    backup = getattr(model_patcher, "backup", {}) or {}
+    out = []
+    for name in sorted(chosen):
+        saved = backup.get(f"diffusion_model.{name}")
+        out.append((name, saved.weight if saved is not None else chosen[name]))
+    return out
+
+
+def model_fingerprint(model_patcher: Any) -> dict[str, Any]:
+    """{'id': short hex, 'summary': human-readable description} of a MODEL."""
+    model = model_patcher.model
+    summary: dict[str, Any] = {
+        "class": type(model).__name__,
+        "latent_format": type(getattr(model, "latent_format", None)).__name__,
+        "sampling": _sampling_summary(model_patcher.get_model_object("model_sampling")),
+    }
+    unet_config = getattr(getattr(model, "model_config", None), "unet_config", None) or {}
+    h = hashlib.sha256(json.dumps(summary, sort_keys=True).encode())
+    h.update(json.dumps(unet_config, sort_keys=True, default=str).encode())
+    try:
+        weights = _base_weights(model_patcher)
+        for name, weight in weights:
+            h.update(name.encode())
+            _digest(h, weight)
+        summary["weights_hashed"] = len(weights)
+    except (AttributeError, RuntimeError, TypeError) as err:  # exotic/quantised weights: config only
+        summary["weights_hashed"] = f"unavailable ({type(err).__name__})"
+    return {"id": h.hexdigest()[:16], "summary": summary}
+
+
+def _hash_value(h: Any, value: Any) -> None:
+    """Tensors by content, containers recursively, anything else (a ControlNet, hooks) by type."""
+    tensor = getattr(value, "cond", value)  # comfy.conds.CONDRegular and friends wrap a tensor
+    if isinstance(tensor, torch.Tensor):
+        _digest(h, tensor)
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            h.update(str(key).encode())
+            _hash_value(h, value[key])
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _hash_value(h, item)
+    elif isinstance(value, (str, int, float, bool)) or value is None:
+        h.update(repr(value).encode())
+    else:
+        h.update(type(value).__name__.encode())
+
+
+def conditioning_fingerprint(guider: Any) -> dict[str, Any]:
+    """{'id': short hex, 'cfg': float, 'entries': {...}}: which prompts and cfg a guider applies."""
+    h = hashlib.sha256()
+    entries: dict[str, int] = {}
+    conds = getattr(guider, "original_conds", {}) or {}
+    for key in sorted(conds):
+        entries[key] = len(conds[key])
+        h.update(key.encode())
+        for cond in conds[key]:
+            _hash_value(h, {k: v for k, v in cond.items() if k != "uuid"})  # ComfyUI adds a random uuid
+    cfg = float(getattr(guider, "cfg", 1.0))
+    h.update(repr(cfg).encode())
+    return {"id": h.hexdigest()[:16], "cfg": cfg, "entries": entries}
