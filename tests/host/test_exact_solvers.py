@@ -1,5 +1,6 @@
 """Every solver node inside real ComfyUI: exact round trips for EDICT and BDIA through the real
-sampling path (tiny float32 UNet, float64 state), convergence behaviour for AIDI and EES."""
+sampling path (tiny float32 UNet, float64 state), with and without a ControlNet on the guiders,
+convergence behaviour for AIDI and EES."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import math
 import pytest
 import torch
 from helpers import check, edit, guider, invert, random_latent, sigmas, variant
-from tiny import make_cond, make_model
+from images import example_image
+from tiny import image_tensor, make_cond, make_controlnet, make_model
 
 SOLVER_NODES = {
     "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
@@ -31,11 +33,31 @@ def base_model(host):
     return make_model(0)
 
 
-def roundtrip_error(node_classes, model, sampler, steps, cfg, batch=1):
-    g = guider(node_classes, model, make_cond(1), make_cond(2), cfg)
+@pytest.fixture(scope="module")
+def control(host):
+    """A tiny ControlNet (every weight seeded, zero convs included) and its hint: the example photo as an IMAGE."""
+    return make_controlnet(0), image_tensor(example_image())
+
+
+def controlled_guider(node_classes, model, cfg, control=None, on=("positive", "negative")):
+    """CFGGuider on the fixed test prompts; with ``control`` = (ControlNet, hint) the stock
+    ControlNetApplyAdvanced puts the ControlNet on the conditionings named in ``on``."""
+    pos, neg = make_cond(1), make_cond(2)
+    if control is not None:
+        cnet, hint = control
+        c_pos, c_neg = node_classes["ControlNetApplyAdvanced"]().apply_controlnet(pos, neg, cnet, hint, 1.0, 0.0, 1.0)
+        pos, neg = (c_pos if "positive" in on else pos), (c_neg if "negative" in on else neg)
+    return guider(node_classes, model, pos, neg, cfg)
+
+
+def roundtrip_error(node_classes, model, sampler, steps, cfg, batch=1, control=None):
+    """Invert then edit back with guiders of the same settings, built twice as a workflow does (each
+    with its own ControlNet copy and hint cache when ``control`` is given)."""
+    g_invert = controlled_guider(node_classes, model, cfg, control)
+    g_edit = controlled_guider(node_classes, model, cfg, control)
     latent = random_latent((batch, 4, 8, 8), seed=7)
-    inv, _ = invert(node_classes, g, sampler, sigmas(node_classes, model, steps), latent)
-    rec = edit(node_classes, g, inv)
+    inv, _ = invert(node_classes, g_invert, sampler, sigmas(node_classes, model, steps), latent)
+    rec = edit(node_classes, g_edit, inv)
     return check(node_classes, latent, rec).result[1], inv
 
 
@@ -44,13 +66,41 @@ def roundtrip_error(node_classes, model, sampler, steps, cfg, batch=1):
 @pytest.mark.parametrize("steps", [20, 50])
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_exact_roundtrip_through_comfyui(node_classes, base_model, kind, solver, steps, cfg, batch):
+@pytest.mark.parametrize("controlnet", ["none", "both_guiders"])
+def test_exact_roundtrip_through_comfyui(node_classes, base_model, control, kind, solver, steps, cfg, batch,
+                                         controlnet):
     model = variant(node_classes, base_model, kind)
     with torch.inference_mode():
-        rel, inv = roundtrip_error(node_classes, model, make_sampler(node_classes, solver), steps, cfg, batch)
+        rel, inv = roundtrip_error(node_classes, model, make_sampler(node_classes, solver), steps, cfg, batch,
+                                   control if controlnet == "both_guiders" else None)
     assert rel <= 1e-5, rel
     assert set(inv.latents) == ({"x", "y"} if solver == "edict" else {"x", "x_next"})
     assert all(t.dtype == torch.float64 for t in inv.latents.values())
+
+
+def inverted_top(node_classes, model, cfg, control=None, on=("positive", "negative")) -> torch.Tensor:
+    """z_T of an EDICT inversion of a batch of 3 latents, 20 steps."""
+    g = controlled_guider(node_classes, model, cfg, control, on)
+    _, top = invert(node_classes, g, make_sampler(node_classes, "edict"), sigmas(node_classes, model, 20),
+                    random_latent((3, 4, 8, 8), seed=7))
+    return top["samples"]
+
+
+@pytest.mark.parametrize("kind", ["eps", "v", "flow"])
+def test_controlnet_changes_what_the_model_predicts(node_classes, base_model, control, kind):
+    """Without this the ControlNet rows of the exactness matrix would prove nothing: the control must reach
+    the model in our Invert path, for every sample of a batch and on the negative (uncond) branch too."""
+    model = variant(node_classes, base_model, kind)
+    with torch.inference_mode():
+        plain = inverted_top(node_classes, model, 3.0)
+        both = inverted_top(node_classes, model, 3.0, control)
+        positive_only = inverted_top(node_classes, model, 3.0, control, on=("positive",))
+
+    def per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a - b).flatten(1).norm(dim=1) / b.flatten(1).norm(dim=1)
+
+    assert (per_sample(both, plain) > 0.1).all(), per_sample(both, plain)
+    assert (per_sample(both, positive_only) > 0.1).all(), per_sample(both, positive_only)
 
 
 def test_bdia_gamma_094_exact(node_classes, base_model):
@@ -141,9 +191,9 @@ def test_bdia_guard_warning_shown_in_node(node_classes, base_model):
 
 
 @pytest.mark.parametrize("node, bad, match", [
-    ("ExactInversion_EDICTSolver", {"p": 1.5}, r"EDICT Solver: p must be"),
-    ("ExactInversion_BDIASolver", {"gamma": 0.0}, r"BDIA Solver: gamma"),
-    ("ExactInversion_AIDISolver", {"max_iter": 0}, r"AIDI Solver: max_iter"),
+    ("ExactInversion_EDICTSolver", {"p": 1.5}, r"EDICT Solver: input 'p' must be"),
+    ("ExactInversion_BDIASolver", {"gamma": 0.0}, r"BDIA Solver: input 'gamma' must be"),
+    ("ExactInversion_AIDISolver", {"max_iter": 0}, r"AIDI Solver: input 'max_iter' must be"),
 ])
 def test_out_of_range_parameters(node_classes, node, bad, match):
     kwargs = next(v for k, v in SOLVER_NODES.values() if k == node)

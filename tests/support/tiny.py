@@ -1,4 +1,4 @@
-"""Tiny random SD1-shaped models built in ComfyUI's own classes (UNet, CLIP, VAE), for tests.
+"""Tiny random SD1-shaped models built in ComfyUI's own classes (UNet, CLIP, VAE, ControlNet), for tests.
 
 No weights are downloaded or stored: everything is initialised from a seed. The shapes follow SD1.5
 (4 latent channels, 8x VAE downscale, 77-token CLIP context) at a fraction of the width, so a
@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 
+import comfy.cldm.cldm
+import comfy.controlnet
 import comfy.latent_formats
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
 import comfy.supported_models_base
+import numpy as np
 import torch
 from comfy.ldm.models.autoencoder import AutoencoderKL
+from PIL import Image
 
 CONTEXT_DIM = 64
 
@@ -98,3 +102,22 @@ def make_cond(seed: int = 0, batch: int = 1) -> list:
     """A CONDITIONING built by hand (random context), for tests that skip the text encoder."""
     g = torch.Generator().manual_seed(seed)
     return [[torch.randn(batch, 77, CONTEXT_DIM, generator=g), {}]]
+
+
+def make_controlnet(seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.controlnet.ControlNet:
+    """A CONTROL_NET shaped like the tiny UNet's encoder, taking a 3-channel (RGB) hint image.
+
+    Trained ControlNets start their "zero convs" at zero; here every weight, zero convs included, gets
+    seeded random values, so the control really changes what the UNet predicts. No ``latent_format``:
+    SD1-style ControlNets take the hint in pixel space (with one, ComfyUI would demand a VAE).
+    """
+    config = {k: v for k, v in TINY_UNET_CONFIG.items() if k != "out_channels"}
+    cmodel = comfy.cldm.cldm.ControlNet(**config, num_heads=2, hint_channels=3, dtype=dtype)
+    init_weights(cmodel, seed)
+    cmodel.to(dtype)
+    return comfy.controlnet.ControlNet(cmodel, load_device=comfy.model_management.get_torch_device())
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """A PIL image as a ComfyUI IMAGE: float32 [1, H, W, 3] in [0, 1] (what LoadImage gives)."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)[None]

@@ -1,6 +1,7 @@
-"""Test-only custom node pack: a loader that stands in for CheckpointLoaderSimple with a tiny model.
+"""Test-only custom node pack: loaders that stand in for CheckpointLoaderSimple and ControlNetLoader.
 
-Workflow tests swap the checkpoint loader of each workflow for this node and change nothing else.
+Workflow tests swap the stock loaders of each workflow for these nodes (tiny random models, no
+files) and change nothing else.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from comfy_api.latest import ComfyExtension, io
 
 _CACHE: dict[int, tuple] = {}
+_CONTROLNET_CACHE: dict[int, object] = {}
 
 
 class TinyCheckpointLoader(io.ComfyNode):
@@ -30,9 +32,33 @@ class TinyCheckpointLoader(io.ComfyNode):
         return io.NodeOutput(*_CACHE[seed])
 
 
+class TinyControlNetLoader(io.ComfyNode):
+    """Stands in for ControlNetLoader: a tiny ControlNet matching the tiny checkpoint's UNet."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ExactInversionTest_TinyControlNetLoader",
+            display_name="Tiny ControlNet (tests)",
+            category="testing",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="Seed of the random weights.")],
+            outputs=[io.ControlNet.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        # Cached like the checkpoint: ControlNetApplyAdvanced copies the net before setting a hint,
+        # so the cached object itself is never changed by a run.
+        if seed not in _CONTROLNET_CACHE:
+            from tiny import make_controlnet  # tests/support is on sys.path
+
+            _CONTROLNET_CACHE[seed] = make_controlnet(seed)
+        return io.NodeOutput(_CONTROLNET_CACHE[seed])
+
+
 class _Extension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [TinyCheckpointLoader]
+        return [TinyCheckpointLoader, TinyControlNetLoader]
 
 
 async def comfy_entrypoint() -> ComfyExtension:
