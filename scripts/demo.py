@@ -40,6 +40,8 @@ def run_workflow(solver: str, out: Path) -> dict:
     images = {}
     for node_out in outputs.values():
         for img in node_out.get("images", []):
+            if img.get("type", "output") != "output":  # node previews (Round-trip Check's figure) live in temp/
+                continue
             src = Path(booted["work"]) / "output" / img["subfolder"] / img["filename"]
             kind = "edit" if "edit" in img["filename"] else "reconstruction"
             dst = out / f"{solver}_{kind}.png"

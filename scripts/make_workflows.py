@@ -18,6 +18,12 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 Ref = tuple["Node", int]
 
 
+def _socket_only(spec: Any) -> bool:
+    """A widget-typed input declared forceInput: the front end shows a socket and no widget."""
+    return isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) \
+        and bool(spec[1].get("forceInput"))
+
+
 class Node:
     def __init__(self, graph: Graph, node_id: int, class_type: str, widgets: list[Any], col: int, row: int,
                  title: str | None, links: dict[str, Ref]) -> None:
@@ -66,8 +72,8 @@ class Graph:
                 if (node.id, name) in in_links:
                     inputs.append({"name": name, "type": kind if isinstance(kind, str) else "COMBO",
                                    "link": in_links[(node.id, name)]})
-                elif isinstance(kind, str) and kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") \
-                        and not isinstance(kind, list):
+                elif isinstance(kind, str) and (kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+                                                or _socket_only(sp)):
                     inputs.append({"name": name, "type": kind, "link": None})
             for slot_index, inp in enumerate(inputs):
                 if inp["link"] is not None:
@@ -118,6 +124,81 @@ def sd15_invert_edit(solver_type: str = "ExactInversion_DDIMSolver", solver_widg
     return g
 
 
+def controlnet_invert_edit(solver_type: str = "ExactInversion_EDICTSolver", solver_widgets: list | None = None,
+                           prefix: str = "exact_inversion/controlnet") -> Graph:
+    """Like sd15_invert_edit, with a Canny ControlNet on both guiders: the edges of the input image
+    control the inversion (source prompt) and the edit (target prompt), positive and negative alike.
+    The reconstruction uses the controlled source guider, so an exact solver still gives back the
+    encoded latent."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
+    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
+    cnet = g.add("ControlNetLoader", ["control_v11p_sd15_canny.safetensors"], 0, 2)
+    edges = g.add("Canny", [0.4, 0.8], 0, 3, "Hint (Canny edges of the input)", image=image.out(0))
+    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
+    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
+    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
+    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
+    c_src = g.add("ControlNetApplyAdvanced", [1.0, 0.0, 1.0], 2, 0, "ControlNet on the source prompts",
+                  positive=src.out(0), negative=neg.out(0), control_net=cnet.out(0), image=edges.out(0))
+    c_tgt = g.add("ControlNetApplyAdvanced", [1.0, 0.0, 1.0], 2, 1, "ControlNet on the target prompts",
+                  positive=tgt.out(0), negative=neg.out(0), control_net=cnet.out(0), image=edges.out(0))
+    g_src = g.add("CFGGuider", [1.0], 3, 0, "Source guider (inversion)", model=ckpt.out(0), positive=c_src.out(0),
+                  negative=c_src.out(1))
+    g_tgt = g.add("CFGGuider", [3.0], 3, 1, "Target guider (edit)", model=ckpt.out(0), positive=c_tgt.out(0),
+                  negative=c_tgt.out(1))
+    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 3, 2, model=ckpt.out(0))
+    solver = g.add(solver_type, solver_widgets or [0.93, "fixed", "float64"], 3, 3)
+    inv = g.add("ExactInversion_Invert", [], 4, 0, guider=g_src.out(0), sampler=solver.out(0),
+                sigmas=sigmas.out(0), latent=enc.out(0))
+    edit = g.add("ExactInversion_Edit", [], 5, 0, "Edit", guider=g_tgt.out(0), inversion=inv.out(0),
+                 sigmas=sigmas.out(0))
+    recon = g.add("ExactInversion_Edit", [], 5, 1, "Reconstruct", guider=g_src.out(0), inversion=inv.out(0))
+    g.add("ExactInversion_RoundTripCheck", [], 6, 2, original_latent=enc.out(0), result_latent=recon.out(0))
+    dec_e = g.add("VAEDecode", [], 6, 0, samples=edit.out(0), vae=ckpt.out(2))
+    dec_r = g.add("VAEDecode", [], 6, 1, samples=recon.out(0), vae=ckpt.out(2))
+    g.add("SaveImage", [f"{prefix}/edit"], 7, 0, images=dec_e.out(0))
+    g.add("SaveImage", [f"{prefix}/reconstruction"], 7, 1, images=dec_r.out(0))
+    return g
+
+
+def save_load_edit(prefix: str = "exact_inversion/save_load") -> Graph:
+    """Invert with BDIA, save the inversion, load it back and edit from the loaded file.
+
+    Save Inversion's 'file' output feeds Load Inversion's 'file_name', so one run saves before it
+    loads; later, pick the file in Load Inversion's list and delete the invert half. Load Inversion
+    checks the file against the encoded latent and the grid; Edit checks the model.
+    """
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
+    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
+    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
+    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
+    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
+    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
+    g_src = g.add("CFGGuider", [1.0], 2, 0, "Source guider (inversion)", model=ckpt.out(0), positive=src.out(0),
+                  negative=neg.out(0))
+    g_tgt = g.add("CFGGuider", [3.0], 2, 1, "Target guider (edit)", model=ckpt.out(0), positive=tgt.out(0),
+                  negative=neg.out(0))
+    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 2, 2, model=ckpt.out(0))
+    solver = g.add("ExactInversion_BDIASolver", [1.0, "float64"], 2, 3)
+    inv = g.add("ExactInversion_Invert", [], 3, 0, guider=g_src.out(0), sampler=solver.out(0),
+                sigmas=sigmas.out(0), latent=enc.out(0))
+    saved = g.add("ExactInversion_SaveInversion", ["example"], 3, 1, inversion=inv.out(0))
+    loaded = g.add("ExactInversion_LoadInversion", ["(none)", False], 4, 1, file_name=saved.out(0),
+                   latent=enc.out(0), sigmas=sigmas.out(0))
+    edit = g.add("ExactInversion_Edit", [], 5, 0, "Edit (from the file)", guider=g_tgt.out(0),
+                 inversion=loaded.out(0), sigmas=sigmas.out(0))
+    recon = g.add("ExactInversion_Edit", [], 5, 1, "Reconstruct (from the file)", guider=g_src.out(0),
+                  inversion=loaded.out(0))
+    g.add("ExactInversion_RoundTripCheck", [], 6, 2, inversion=loaded.out(0), result_latent=recon.out(0))
+    dec_e = g.add("VAEDecode", [], 6, 0, samples=edit.out(0), vae=ckpt.out(2))
+    dec_r = g.add("VAEDecode", [], 6, 1, samples=recon.out(0), vae=ckpt.out(2))
+    g.add("SaveImage", [f"{prefix}/edit"], 7, 0, images=dec_e.out(0))
+    g.add("SaveImage", [f"{prefix}/reconstruction"], 7, 1, images=dec_r.out(0))
+    return g
+
+
 WORKFLOWS = {
     "ddim_invert_edit.json": lambda: sd15_invert_edit(),
     "edict_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EDICTSolver", [0.93, "fixed", "float64"],
@@ -128,6 +209,8 @@ WORKFLOWS = {
                                                       "exact_inversion/aidi"),
     "ees_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EESSolver", ["EES(2,5)", "float64"],
                                                      "exact_inversion/ees"),
+    "controlnet_invert_edit.json": lambda: controlnet_invert_edit(),
+    "save_load_edit.json": lambda: save_load_edit(),
 }
 
 

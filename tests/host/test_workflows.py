@@ -1,7 +1,7 @@
 """Every workflow in workflows/ runs through ComfyUI's validate_prompt + PromptExecutor.
 
-Each file is converted from the front end's UI format to the API format, its checkpoint loader is
-swapped for the tiny test loader, and everything else is run unchanged.
+Each file is converted from the front end's UI format to the API format, its checkpoint and
+ControlNet loaders are swapped for the tiny test loaders, and everything else is run unchanged.
 """
 
 from __future__ import annotations
@@ -12,17 +12,25 @@ import re
 from pathlib import Path
 
 import comfyhost
+import numpy as np
 import pytest
-from workflow_api import comfy_input_types, swap_checkpoint_loader, ui_to_api
+from PIL import Image
+from workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
-TINY_LOADER = ("ExactInversionTest_TinyCheckpointLoader", {"seed": 0})
+WORKFLOWS_BY_NAME = {p.name: p for p in WORKFLOWS}
+EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
 
 def api_prompt(path: Path) -> dict:
     ui = json.loads(path.read_text())
     types = comfy_input_types({n["type"] for n in ui["nodes"]})
-    return swap_checkpoint_loader(ui_to_api(ui, types), *TINY_LOADER)
+    return swap_loaders(ui_to_api(ui, types))
+
+
+def is_exact(prompt: dict) -> bool:
+    """Exact solvers reconstruct the encoded image's latent: decided by the solver node in the graph."""
+    return any(n["class_type"] in EXACT_SOLVERS for n in prompt.values())
 
 
 def test_there_are_workflows():
@@ -34,15 +42,16 @@ def test_workflow_runs(host, path):
     prompt = api_prompt(path)
     before = set(os.listdir(host["work"]))
     outputs = comfyhost.run_prompt(prompt)
-    saved = [img for node in outputs.values() for img in node.get("images", [])]
-    assert saved, "no image was saved"
-    for img in saved:
-        assert (Path(host["work"]) / "output" / img["subfolder"] / img["filename"]).is_file()
+    images = [img for node in outputs.values() for img in node.get("images", [])]
+    assert any(img["type"] == "output" for img in images), "no image was saved"
+    for img in images:  # saved images under output/, node previews under temp/
+        assert img["type"] in ("output", "temp"), img
+        assert (Path(host["work"]) / img["type"] / img["subfolder"] / img["filename"]).is_file()
     assert set(os.listdir(host["work"])) == before  # nothing written beside ComfyUI's folders
     reports = [t for node in outputs.values() for t in node.get("text", []) if "round trip" in t]
     assert reports, outputs
     relative = float(re.search(r"relative ([0-9.e+-]+)", reports[0]).group(1))
-    if path.name.startswith(("edict", "bdia")):  # exact solvers reconstruct the encoded image's latent
+    if is_exact(prompt):
         assert relative <= 1e-5, reports
 
 
@@ -56,3 +65,56 @@ def test_converter_names_every_widget(host):
         assert sched["inputs"]["scheduler"] in ("normal", "simple", "karras", "ddim_uniform", "sgm_uniform",
                                                  "exponential", "beta", "linear_quadratic", "kl_optimal")
         assert isinstance(sched["inputs"]["steps"], int)
+
+
+def test_exact_workflows_are_detected():
+    """The exactness assertion above must not silently stop applying to the exact-solver files."""
+    exact = {p.name for p in WORKFLOWS if is_exact(api_prompt(p))}
+    assert {"edict_invert_edit.json", "bdia_invert_edit.json", "controlnet_invert_edit.json"} <= exact, exact
+    assert "ddim_invert_edit.json" not in exact
+
+
+def test_loaders_are_swapped(host):
+    """No stock loader is left that would need a model file; ControlNet workflows get the tiny ControlNet."""
+    for path in WORKFLOWS:
+        types = {n["class_type"] for n in api_prompt(path).values()}
+        assert not types & set(TINY_LOADERS), (path.name, types)
+    cn = {n["class_type"] for n in api_prompt(WORKFLOWS_BY_NAME["controlnet_invert_edit.json"]).values()}
+    assert "ExactInversionTest_TinyControlNetLoader" in cn
+
+
+def test_controlnet_workflow_controls_both_guiders(host):
+    """Both guiders take positive and negative from ControlNetApplyAdvanced, fed by the loaded ControlNet."""
+    prompt = api_prompt(WORKFLOWS_BY_NAME["controlnet_invert_edit.json"])
+    guiders = [n for n in prompt.values() if n["class_type"] == "CFGGuider"]
+    assert len(guiders) == 2
+    for g in guiders:
+        for name, slot in (("positive", 0), ("negative", 1)):
+            src = prompt[g["inputs"][name][0]]
+            assert src["class_type"] == "ControlNetApplyAdvanced" and g["inputs"][name][1] == slot, (name, src)
+            assert prompt[src["inputs"]["control_net"][0]]["class_type"] == TINY_LOADERS["ControlNetLoader"][0]
+    applies = {g["inputs"]["positive"][0] for g in guiders}
+    assert len(applies) == 2, "source and target guiders share one ControlNet apply node"
+    invert = next(n for n in prompt.values() if n["class_type"] == "ExactInversion_Invert")
+    edits = [n for n in prompt.values() if n["class_type"] == "ExactInversion_Edit"]
+    assert {invert["inputs"]["guider"][0], *(e["inputs"]["guider"][0] for e in edits)} == {
+        k for k, n in prompt.items() if n["class_type"] == "CFGGuider"}
+
+
+def _saved_edit(host, outputs: dict) -> np.ndarray:
+    images = [img for node in outputs.values() for img in node.get("images", [])
+              if img["type"] == "output" and "edit" in img["filename"]]
+    assert len(images) == 1, images
+    img = images[0]
+    return np.asarray(Image.open(Path(host["work"]) / "output" / img["subfolder"] / img["filename"]), dtype=float)
+
+
+def test_controlnet_changes_the_workflow_result(host):
+    """With the ControlNet's strength at 0 (the stock node then passes the prompts through) the edit differs:
+    the control really reaches the model in our Invert/Edit path, it is not just carried along."""
+    prompt = api_prompt(WORKFLOWS_BY_NAME["controlnet_invert_edit.json"])
+    controlled = _saved_edit(host, comfyhost.run_prompt(prompt))
+    off = {k: ({**n, "inputs": {**n["inputs"], "strength": 0.0}} if n["class_type"] == "ControlNetApplyAdvanced"
+               else n) for k, n in prompt.items()}
+    plain = _saved_edit(host, comfyhost.run_prompt(off))
+    assert np.abs(controlled - plain).mean() > 1.0, "the ControlNet did not change the edited image"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -19,14 +20,15 @@ from pathlib import Path
 import comfyhost
 import pytest
 from images import example_image
-from workflow_api import swap_checkpoint_loader, ui_to_api
+from workflow_api import TINY_LOADERS, swap_loaders, ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
              "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
-            "ExactInversion_EESSolver"}
+            "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion"}
+EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
 
 def _free_port() -> int:
@@ -114,6 +116,7 @@ def test_pack_loaded_without_import_failure(server):
 def test_every_node_in_object_info(server):
     info = _get(server["url"] + "/object_info")
     assert OUR_NODES <= set(info)
+    assert {tiny for tiny, _ in TINY_LOADERS.values()} <= set(info)  # the test pack's stand-in loaders
     assert info["ExactInversion_Invert"]["display_name"] == "Invert"
 
 
@@ -126,11 +129,14 @@ def test_workflow_succeeds_over_http(server, path):
     info = _get(server["url"] + "/object_info")
     ui = json.loads(path.read_text())
     types = {n["type"]: info[n["type"]]["input"] for n in ui["nodes"]}
-    prompt = swap_checkpoint_loader(ui_to_api(ui, types), "ExactInversionTest_TinyCheckpointLoader", {"seed": 0})
+    prompt = swap_loaders(ui_to_api(ui, types))
+    assert not {n["class_type"] for n in prompt.values()} & set(TINY_LOADERS)  # no stock loader needs a file
     entry = _run(server, prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
-    assert any("round trip" in t for t in texts)
+    texts = [t for out in entry["outputs"].values() for t in out.get("text", []) if "round trip" in t]
+    assert texts, entry["outputs"]
+    if any(n["class_type"] in EXACT_SOLVERS for n in prompt.values()):  # e.g. EDICT with a ControlNet on both guiders
+        assert float(re.search(r"relative ([0-9.e+-]+)", texts[0]).group(1)) <= 1e-5, texts
 
 
 def test_bad_input_is_a_clear_error_and_server_keeps_serving(server):
@@ -157,3 +163,60 @@ def test_bad_input_is_a_clear_error_and_server_keeps_serving(server):
     assert "strictly decreasing" in errors[0][1]["exception_message"]
     # the server still serves the next prompt
     assert _get(server["url"] + "/system_stats")["system"]
+
+
+def _inversion_graph(sigmas_node: str = "5") -> dict:
+    """Tiny model, an empty latent, a DDIM inversion on a valid grid: the start of the file tests."""
+    return {
+        "1": {"class_type": "ExactInversionTest_TinyCheckpointLoader", "inputs": {"seed": 0}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": "a cat", "clip": ["1", 1]}},
+        "4": {"class_type": "CFGGuider", "inputs": {"model": ["1", 0], "positive": ["3", 0], "negative": ["3", 0],
+                                                    "cfg": 1.0}},
+        "5": {"class_type": "BasicScheduler", "inputs": {"model": ["1", 0], "scheduler": "normal", "steps": 4,
+                                                         "denoise": 1.0}},
+        "7": {"class_type": "ExactInversion_DDIMSolver", "inputs": {"inversion_label": "current",
+                                                                    "state_dtype": "float64"}},
+        "8": {"class_type": "ExactInversion_Invert", "inputs": {"guider": ["4", 0], "sampler": ["7", 0],
+                                                                "sigmas": [sigmas_node, 0], "latent": ["2", 0]}},
+    }
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("graph_tail, message", [
+    ({"9": {"class_type": "ExactInversion_SaveInversion",
+            "inputs": {"inversion": ["8", 0], "filename_prefix": "../../escaped"}}},
+     "Save Inversion: input 'filename_prefix' ('../../escaped') is not a valid file name prefix"),
+    ({"9": {"class_type": "ExactInversion_LoadInversion",
+            "inputs": {"file": "(none)", "allow_mismatch": False, "file_name": "../../etc/x.safetensors [output]"}},
+      "10": {"class_type": "ExactInversion_Edit", "inputs": {"guider": ["4", 0], "inversion": ["9", 0]}},
+      "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": "bad"}}},
+     "Load Inversion: input 'file_name' ('../../etc/x.safetensors') is not a valid file name"),
+])
+def test_bad_file_names_refused_nothing_written_outside(server, graph_tail, message):
+    """A path-escaping name fails with a clear message, nothing lands outside ComfyUI's folders, and the
+    next prompt (a save -> load -> edit graph) still runs."""
+    outside = server["base"].parent
+    before_outside, before_base = set(os.listdir(outside)), _tree(server["base"])
+    prompt = _inversion_graph()
+    if graph_tail["9"]["class_type"] == "ExactInversion_LoadInversion":
+        prompt = {k: v for k, v in prompt.items() if k not in ("7", "8")}
+    entry = _run(server, {**prompt, **graph_tail})
+    assert entry["status"]["status_str"] == "error"
+    errors = [m for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert message in errors[0][1]["exception_message"]
+    assert set(os.listdir(outside)) == before_outside
+    new = _tree(server["base"]) - before_base
+    assert all(p.split(os.sep)[0] in ("output", "temp", "input", "user") for p in new), new
+    ok = {**_inversion_graph(),
+          "9": {"class_type": "ExactInversion_SaveInversion", "inputs": {"inversion": ["8", 0],
+                                                                         "filename_prefix": "server/ok"}},
+          "10": {"class_type": "ExactInversion_LoadInversion",
+                 "inputs": {"file": "(none)", "allow_mismatch": False, "file_name": ["9", 0]}},
+          "11": {"class_type": "ExactInversion_Edit", "inputs": {"guider": ["4", 0], "inversion": ["10", 0]}},
+          "12": {"class_type": "SaveLatent", "inputs": {"samples": ["11", 0], "filename_prefix": "ok"}}}
+    assert _run(server, ok)["status"]["status_str"] == "success"
+    assert list((server["base"] / "output" / "inversions" / "server").glob("ok_*_.safetensors"))

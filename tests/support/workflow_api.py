@@ -16,8 +16,10 @@ SKIPPED_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
 def _is_widget(spec: Any) -> bool:
+    """Widget-typed inputs have a widget (and a slot in widgets_values) unless declared socket-only."""
     kind = spec[0] if isinstance(spec, (list, tuple)) and spec else spec
-    return isinstance(kind, list) or kind in WIDGET_TYPES
+    opts = spec[1] if isinstance(spec, (list, tuple)) and len(spec) > 1 and isinstance(spec[1], dict) else {}
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not opts.get("forceInput")
 
 
 def _has_control_widget(name: str, spec: Any) -> bool:
@@ -77,11 +79,32 @@ def comfy_input_types(class_types: set[str]) -> dict[str, dict[str, Any]]:
     return {c: nodes.NODE_CLASS_MAPPINGS[c].INPUT_TYPES() for c in class_types if c in nodes.NODE_CLASS_MAPPINGS}
 
 
-def swap_checkpoint_loader(prompt: dict[str, Any], loader: str, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Replace every CheckpointLoaderSimple with ``loader`` (same outputs: MODEL, CLIP, VAE)."""
+# Stock loaders that need model files, and the test-only tinypack nodes with the same outputs.
+TINY_LOADERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "CheckpointLoaderSimple": ("ExactInversionTest_TinyCheckpointLoader", {"seed": 0}),  # MODEL, CLIP, VAE
+    "ControlNetLoader": ("ExactInversionTest_TinyControlNetLoader", {"seed": 0}),  # CONTROL_NET
+}
+
+
+def swap_nodes(prompt: dict[str, Any], replacements: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Replace nodes by class type: ``{stock: (replacement, inputs)}``; links to them stay as they are,
+    so a replacement must have the same outputs in the same order."""
     out = {}
     for node_id, node in prompt.items():
-        if node["class_type"] == "CheckpointLoaderSimple":
+        if node["class_type"] in replacements:
+            loader, inputs = replacements[node["class_type"]]
             node = {**node, "class_type": loader, "inputs": dict(inputs)}
         out[node_id] = node
     return out
+
+
+def swap_loaders(prompt: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """Every stock checkpoint and ControlNet loader replaced by the tiny test loaders (weights from ``seed``),
+    so a workflow written for real model files runs without any."""
+    replacements = {stock: (tiny, {**inputs, "seed": seed}) for stock, (tiny, inputs) in TINY_LOADERS.items()}
+    return swap_nodes(prompt, replacements)
+
+
+def swap_checkpoint_loader(prompt: dict[str, Any], loader: str, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Replace every CheckpointLoaderSimple with ``loader`` (same outputs: MODEL, CLIP, VAE)."""
+    return swap_nodes(prompt, {"CheckpointLoaderSimple": (loader, inputs)})
