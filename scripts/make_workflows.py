@@ -94,33 +94,59 @@ class Graph:
                 "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
 
 
+def _checkpoint_and_image(g: Graph) -> tuple[Node, Node]:
+    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
+    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
+    return ckpt, image
+
+
+def _prompts_and_latent(g: Graph, ckpt: Node, image: Node) -> tuple[Node, Node, Node, Node]:
+    """Source, target and negative prompts, and the encoded image (column 1)."""
+    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
+    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
+    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
+    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
+    return src, tgt, neg, enc
+
+
+def _guiders_grid_solver(g: Graph, ckpt: Node, source: tuple[Ref, Ref], target: tuple[Ref, Ref], col: int,
+                         solver_type: str, solver_widgets: list) -> tuple[Node, Node, Node, Node]:
+    """Source guider (cfg 1), target guider (cfg 3), 20-step normal grid and the solver, in one column."""
+    g_src = g.add("CFGGuider", [1.0], col, 0, "Source guider (inversion)", model=ckpt.out(0), positive=source[0],
+                  negative=source[1])
+    g_tgt = g.add("CFGGuider", [3.0], col, 1, "Target guider (edit)", model=ckpt.out(0), positive=target[0],
+                  negative=target[1])
+    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], col, 2, model=ckpt.out(0))
+    solver = g.add(solver_type, solver_widgets, col, 3)
+    return g_src, g_tgt, sigmas, solver
+
+
+def _edit_reconstruct_save(g: Graph, ckpt: Node, g_src: Node, g_tgt: Node, sigmas: Node, inversion: Ref,
+                           check: dict[str, Ref], col: int, prefix: str, suffix: str = "") -> None:
+    """Edit (target) and Reconstruct (source) from ``inversion``, a round-trip check, decode and save."""
+    edit = g.add("ExactInversion_Edit", [], col, 0, "Edit" + suffix, guider=g_tgt.out(0), inversion=inversion,
+                 sigmas=sigmas.out(0))
+    recon = g.add("ExactInversion_Edit", [], col, 1, "Reconstruct" + suffix, guider=g_src.out(0),
+                  inversion=inversion)
+    g.add("ExactInversion_RoundTripCheck", [], col + 1, 2, **check, result_latent=recon.out(0))
+    dec_e = g.add("VAEDecode", [], col + 1, 0, samples=edit.out(0), vae=ckpt.out(2))
+    dec_r = g.add("VAEDecode", [], col + 1, 1, samples=recon.out(0), vae=ckpt.out(2))
+    g.add("SaveImage", [f"{prefix}/edit"], col + 2, 0, images=dec_e.out(0))
+    g.add("SaveImage", [f"{prefix}/reconstruction"], col + 2, 1, images=dec_r.out(0))
+
+
 def sd15_invert_edit(solver_type: str = "ExactInversion_DDIMSolver", solver_widgets: list | None = None,
                      prefix: str = "exact_inversion") -> Graph:
     """LoadImage -> VAEEncode -> Invert (source prompt, cfg 1) -> Edit (target prompt) -> SaveImage,
     plus a reconstruction with the source guider and a round-trip check."""
     g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
-    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
-    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
-    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
-    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
-    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
-    g_src = g.add("CFGGuider", [1.0], 2, 0, "Source guider (inversion)", model=ckpt.out(0), positive=src.out(0),
-                  negative=neg.out(0))
-    g_tgt = g.add("CFGGuider", [3.0], 2, 1, "Target guider (edit)", model=ckpt.out(0), positive=tgt.out(0),
-                  negative=neg.out(0))
-    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 2, 2, model=ckpt.out(0))
-    solver = g.add(solver_type, solver_widgets or ["current", "float64"], 2, 3)
+    ckpt, image = _checkpoint_and_image(g)
+    src, tgt, neg, enc = _prompts_and_latent(g, ckpt, image)
+    g_src, g_tgt, sigmas, solver = _guiders_grid_solver(g, ckpt, (src.out(0), neg.out(0)), (tgt.out(0), neg.out(0)),
+                                                        2, solver_type, solver_widgets or ["current", "float64"])
     inv = g.add("ExactInversion_Invert", [], 3, 0, guider=g_src.out(0), sampler=solver.out(0),
                 sigmas=sigmas.out(0), latent=enc.out(0))
-    edit = g.add("ExactInversion_Edit", [], 4, 0, "Edit", guider=g_tgt.out(0), inversion=inv.out(0),
-                 sigmas=sigmas.out(0))
-    recon = g.add("ExactInversion_Edit", [], 4, 1, "Reconstruct", guider=g_src.out(0), inversion=inv.out(0))
-    g.add("ExactInversion_RoundTripCheck", [], 5, 2, original_latent=enc.out(0), result_latent=recon.out(0))
-    dec_e = g.add("VAEDecode", [], 5, 0, samples=edit.out(0), vae=ckpt.out(2))
-    dec_r = g.add("VAEDecode", [], 5, 1, samples=recon.out(0), vae=ckpt.out(2))
-    g.add("SaveImage", [f"{prefix}/edit"], 6, 0, images=dec_e.out(0))
-    g.add("SaveImage", [f"{prefix}/reconstruction"], 6, 1, images=dec_r.out(0))
+    _edit_reconstruct_save(g, ckpt, g_src, g_tgt, sigmas, inv.out(0), {"original_latent": enc.out(0)}, 4, prefix)
     return g
 
 
@@ -131,34 +157,20 @@ def controlnet_invert_edit(solver_type: str = "ExactInversion_EDICTSolver", solv
     The reconstruction uses the controlled source guider, so an exact solver still gives back the
     encoded latent."""
     g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
-    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
+    ckpt, image = _checkpoint_and_image(g)
     cnet = g.add("ControlNetLoader", ["control_v11p_sd15_canny.safetensors"], 0, 2)
     edges = g.add("Canny", [0.4, 0.8], 0, 3, "Hint (Canny edges of the input)", image=image.out(0))
-    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
-    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
-    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
-    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
+    src, tgt, neg, enc = _prompts_and_latent(g, ckpt, image)
     c_src = g.add("ControlNetApplyAdvanced", [1.0, 0.0, 1.0], 2, 0, "ControlNet on the source prompts",
                   positive=src.out(0), negative=neg.out(0), control_net=cnet.out(0), image=edges.out(0))
     c_tgt = g.add("ControlNetApplyAdvanced", [1.0, 0.0, 1.0], 2, 1, "ControlNet on the target prompts",
                   positive=tgt.out(0), negative=neg.out(0), control_net=cnet.out(0), image=edges.out(0))
-    g_src = g.add("CFGGuider", [1.0], 3, 0, "Source guider (inversion)", model=ckpt.out(0), positive=c_src.out(0),
-                  negative=c_src.out(1))
-    g_tgt = g.add("CFGGuider", [3.0], 3, 1, "Target guider (edit)", model=ckpt.out(0), positive=c_tgt.out(0),
-                  negative=c_tgt.out(1))
-    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 3, 2, model=ckpt.out(0))
-    solver = g.add(solver_type, solver_widgets or [0.93, "fixed", "float64"], 3, 3)
+    g_src, g_tgt, sigmas, solver = _guiders_grid_solver(g, ckpt, (c_src.out(0), c_src.out(1)),
+                                                        (c_tgt.out(0), c_tgt.out(1)), 3, solver_type,
+                                                        solver_widgets or [0.93, "fixed", "float64"])
     inv = g.add("ExactInversion_Invert", [], 4, 0, guider=g_src.out(0), sampler=solver.out(0),
                 sigmas=sigmas.out(0), latent=enc.out(0))
-    edit = g.add("ExactInversion_Edit", [], 5, 0, "Edit", guider=g_tgt.out(0), inversion=inv.out(0),
-                 sigmas=sigmas.out(0))
-    recon = g.add("ExactInversion_Edit", [], 5, 1, "Reconstruct", guider=g_src.out(0), inversion=inv.out(0))
-    g.add("ExactInversion_RoundTripCheck", [], 6, 2, original_latent=enc.out(0), result_latent=recon.out(0))
-    dec_e = g.add("VAEDecode", [], 6, 0, samples=edit.out(0), vae=ckpt.out(2))
-    dec_r = g.add("VAEDecode", [], 6, 1, samples=recon.out(0), vae=ckpt.out(2))
-    g.add("SaveImage", [f"{prefix}/edit"], 7, 0, images=dec_e.out(0))
-    g.add("SaveImage", [f"{prefix}/reconstruction"], 7, 1, images=dec_r.out(0))
+    _edit_reconstruct_save(g, ckpt, g_src, g_tgt, sigmas, inv.out(0), {"original_latent": enc.out(0)}, 5, prefix)
     return g
 
 
@@ -170,32 +182,17 @@ def save_load_edit(prefix: str = "exact_inversion/save_load") -> Graph:
     checks the file against the encoded latent and the grid; Edit checks the model.
     """
     g = Graph()
-    ckpt = g.add("CheckpointLoaderSimple", ["v1-5-pruned-emaonly.safetensors"], 0, 0)
-    image = g.add("LoadImage", ["example.png", "image"], 0, 1)
-    src = g.add("CLIPTextEncode", ["a photo of a dog on the grass"], 1, 0, "Source prompt", clip=ckpt.out(1))
-    tgt = g.add("CLIPTextEncode", ["a photo of a cat on the grass"], 1, 1, "Target prompt", clip=ckpt.out(1))
-    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=ckpt.out(1))
-    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=ckpt.out(2))
-    g_src = g.add("CFGGuider", [1.0], 2, 0, "Source guider (inversion)", model=ckpt.out(0), positive=src.out(0),
-                  negative=neg.out(0))
-    g_tgt = g.add("CFGGuider", [3.0], 2, 1, "Target guider (edit)", model=ckpt.out(0), positive=tgt.out(0),
-                  negative=neg.out(0))
-    sigmas = g.add("BasicScheduler", ["normal", 20, 1.0], 2, 2, model=ckpt.out(0))
-    solver = g.add("ExactInversion_BDIASolver", [1.0, "float64"], 2, 3)
+    ckpt, image = _checkpoint_and_image(g)
+    src, tgt, neg, enc = _prompts_and_latent(g, ckpt, image)
+    g_src, g_tgt, sigmas, solver = _guiders_grid_solver(g, ckpt, (src.out(0), neg.out(0)), (tgt.out(0), neg.out(0)),
+                                                        2, "ExactInversion_BDIASolver", [1.0, "float64"])
     inv = g.add("ExactInversion_Invert", [], 3, 0, guider=g_src.out(0), sampler=solver.out(0),
                 sigmas=sigmas.out(0), latent=enc.out(0))
     saved = g.add("ExactInversion_SaveInversion", ["example"], 3, 1, inversion=inv.out(0))
     loaded = g.add("ExactInversion_LoadInversion", ["(none)", False], 4, 1, file_name=saved.out(0),
                    latent=enc.out(0), sigmas=sigmas.out(0))
-    edit = g.add("ExactInversion_Edit", [], 5, 0, "Edit (from the file)", guider=g_tgt.out(0),
-                 inversion=loaded.out(0), sigmas=sigmas.out(0))
-    recon = g.add("ExactInversion_Edit", [], 5, 1, "Reconstruct (from the file)", guider=g_src.out(0),
-                  inversion=loaded.out(0))
-    g.add("ExactInversion_RoundTripCheck", [], 6, 2, inversion=loaded.out(0), result_latent=recon.out(0))
-    dec_e = g.add("VAEDecode", [], 6, 0, samples=edit.out(0), vae=ckpt.out(2))
-    dec_r = g.add("VAEDecode", [], 6, 1, samples=recon.out(0), vae=ckpt.out(2))
-    g.add("SaveImage", [f"{prefix}/edit"], 7, 0, images=dec_e.out(0))
-    g.add("SaveImage", [f"{prefix}/reconstruction"], 7, 1, images=dec_r.out(0))
+    _edit_reconstruct_save(g, ckpt, g_src, g_tgt, sigmas, loaded.out(0), {"inversion": loaded.out(0)}, 5, prefix,
+                           " (from the file)")
     return g
 
 
