@@ -10,13 +10,18 @@ place.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import weakref
 from typing import Any
 
 import torch
 
 _MAX_BIASES = 64
+#: per BaseModel (weakly held): (weak reference to the model_sampling object in use, fingerprint).
+#: Invert and every Edit ask for it; hashing once per model and sampling keeps that off the per-run cost.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _digest(h: Any, t: torch.Tensor) -> None:
@@ -53,12 +58,22 @@ def _base_weights(model_patcher: Any) -> list[tuple[str, torch.Tensor]]:
 
 
 def model_fingerprint(model_patcher: Any) -> dict[str, Any]:
-    """{'id': short hex, 'summary': human-readable description} of a MODEL."""
+    """{'id': short hex, 'summary': human-readable description} of a MODEL (cached per model and sampling)."""
     model = model_patcher.model
+    sampling = model_patcher.get_model_object("model_sampling")
+    cached = _CACHE.get(model)
+    if cached is not None and cached[0]() is sampling:
+        return copy.deepcopy(cached[1])
+    fingerprint = _compute_model_fingerprint(model_patcher, model, sampling)
+    _CACHE[model] = (weakref.ref(sampling), fingerprint)
+    return copy.deepcopy(fingerprint)
+
+
+def _compute_model_fingerprint(model_patcher: Any, model: Any, sampling: Any) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "class": type(model).__name__,
         "latent_format": type(getattr(model, "latent_format", None)).__name__,
-        "sampling": _sampling_summary(model_patcher.get_model_object("model_sampling")),
+        "sampling": _sampling_summary(sampling),
     }
     unet_config = getattr(getattr(model, "model_config", None), "unet_config", None) or {}
     h = hashlib.sha256(json.dumps(summary, sort_keys=True).encode())

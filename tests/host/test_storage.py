@@ -100,11 +100,14 @@ def test_fingerprints_tell_models_and_prompts_apart(node_classes, world):
     assert fingerprints(make_model(1))[0] != base[0]
     assert fingerprints(world["model"], pos=5)[1] != base[1]
     assert fingerprints(world["model"], cfg=2.0)[1] != base[1]
+    fingerprint_module = next(m for n, m in sys.modules.items() if n.endswith("nodes.fingerprint"))
+    fingerprint_module._CACHE.clear()  # hash again, while the patch sits in the weights (read from the backup)
     patched = world["model"].clone()
     keys = ["diffusion_model.input_blocks.0.0.weight", "diffusion_model.input_blocks.0.0.bias"]
     state = patched.model.state_dict()
     patched.add_patches({k: (0.5 * torch.ones_like(state[k]),) for k in keys}, 1.0)
     assert fingerprints(patched)[0] == base[0]
+    assert set(keys) <= set(patched.backup)  # the weights were patched in place when it was hashed
     assert not torch.allclose(outputs[-1], outputs[0])  # the patch was really applied during that run
 
 
