@@ -3,7 +3,8 @@
 EXPECTED = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
             "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
-            "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion"}
+            "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
+            "ExactInversion_ToyModelLoader"}
 
 
 def test_loads_without_import_failure(host):

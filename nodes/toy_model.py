@@ -1,0 +1,332 @@
+"""Load Embedded Toy Model: the pack's own small text-to-image model as MODEL, CLIP and VAE.
+
+The file (``models/toy_model.safetensors``, written by ``scripts/train_toy.py``) holds ComfyUI checkpoint
+key names, but ComfyUI's model detection does not know the toy UNet, so the stock checkpoint loader cannot
+read it. This node builds the three objects in ComfyUI's own classes from the file's metadata instead
+(no change to ComfyUI's detection): ``BaseModel`` + ``ModelPatcher`` for the UNet (eps, SD1 schedule,
+``ChromaRadiance`` 3-channel pixel latent), ``comfy.sd.CLIP`` around the toy tokenizer and text encoder,
+and ComfyUI's pixel-space ``VAE`` (IMAGE in [0, 1] <-> latent in [-1, 1]). So stock CLIPTextEncode,
+KSampler, VAEEncode/VAEDecode and previews work on it unchanged.
+
+Files are read with safetensors only and only from the pack's ``models/`` folder (tests point the
+node at another folder with ``set_model_folder``). Loaded models are cached per file (path, mtime, size).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.sd
+import comfy.supported_models_base
+import safetensors
+import safetensors.torch
+import torch
+from comfy_api.latest import io
+
+from ..toyworld import encode_token_weights
+from ..toyworld import model as toy
+from ..toyworld.text import CONTEXT_LENGTH, VOCAB, ToyTokenizer
+from .common import CATEGORY, node_id
+
+NODE = "Load Embedded Toy Model"
+INPUT = "model_file"
+DEFAULT_FILE = "toy_model.safetensors"
+EXTENSION = ".safetensors"
+PACK_MODELS = Path(__file__).resolve().parents[1] / "models"
+#: ModelSamplingDiscrete's settings that the file's "schedule" entry may set.
+SCHEDULE_KEYS = ("beta_schedule", "linear_start", "linear_end", "timesteps")
+
+_folder_override: Path | None = None
+
+
+def set_model_folder(folder: str | os.PathLike | None) -> Path | None:
+    """Read toy models from ``folder`` instead of the pack's ``models/`` (for tests); None restores it.
+    Returns the previous setting, so a caller can put it back."""
+    global _folder_override
+    previous, _folder_override = _folder_override, None if folder is None else Path(folder)
+    return previous
+
+
+def model_folder() -> Path:
+    """The one folder the node reads from."""
+    return _folder_override if _folder_override is not None else PACK_MODELS
+
+
+def list_files() -> list[str]:
+    """File names the node offers: the expected ``toy_model.safetensors`` first (even before it is trained,
+    so workflows keep their value and the error says how to make it), then other safetensors in the folder."""
+    folder = model_folder()
+    found = sorted(f.name for f in folder.glob("*" + EXTENSION) if f.is_file()) if folder.is_dir() else []
+    return [DEFAULT_FILE, *(f for f in found if f != DEFAULT_FILE)]
+
+
+def resolve(name: str) -> Path:
+    """Absolute path of a listed file name; a name with a path part, or one that leaves the folder, is refused."""
+    if (not name or name != os.path.basename(name) or "/" in name or "\\" in name or name in (".", "..")
+            or not name.endswith(EXTENSION)):
+        raise ValueError(f"{NODE}: input '{INPUT}' ({name!r}) must be one of the listed {EXTENSION} file names "
+                         f"in the pack's models folder, without a path")
+    root = os.path.realpath(model_folder())
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.dirname(path) != root:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({name!r}) points outside the pack's models folder")
+    if not os.path.isfile(path):
+        if name == DEFAULT_FILE:
+            raise ValueError(f"{NODE}: input '{INPUT}': {name} is not in {root}: the toy model is not trained yet: "
+                             "run scripts/train_toy.py --out runs/toy --export models/toy_model.safetensors "
+                             "(see models/README.md)")
+        raise ValueError(f"{NODE}: input '{INPUT}': no file {name!r} in {root}; choose one of {list_files()} "
+                         "and refresh the node list (press R)")
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# ComfyUI objects
+
+
+class ToyConfig(comfy.supported_models_base.BASE):
+    """Model config of the toy UNet. Never registered with ComfyUI's detection: only this node builds it."""
+
+    unet_config: dict = {}
+    unet_extra_config: dict = {}  # BASE's default forces num_head_channels=64, which breaks the 32-channel level
+    latent_format = comfy.latent_formats.ChromaRadiance  # 3 channels, identity process_in/out, RGB previews
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.float32]
+
+    def __init__(self, unet_config: dict, text_config: dict | None = None,
+                 sampling_settings: dict | None = None) -> None:
+        super().__init__(unet_config)
+        self.text_config = dict(text_config or {})
+        self.sampling_settings.update(sampling_settings or {})  # BASE.__init__ made it a per-instance copy
+
+    def model_type(self, state_dict: Any = None, prefix: str = "") -> comfy.model_base.ModelType:
+        return comfy.model_base.ModelType.EPS
+
+    def clip_target(self, state_dict: Any = None) -> comfy.supported_models_base.ClipTarget:
+        """Tokenizer and text-encoder class for ``comfy.sd.CLIP``; the text config travels in ``params``,
+        which CLIP passes to the encoder's constructor as keywords."""
+        target = comfy.supported_models_base.ClipTarget(ToyTokenizer, ToyClipModel)
+        target.params = {"text_config": dict(self.text_config)}
+        return target
+
+
+class ToyClipModel(torch.nn.Module):
+    """The text-encoder half of ``comfy.sd.CLIP`` for the toy model (the tokenizer is ``ToyTokenizer``).
+
+    Always float32: ComfyUI's default text-encoder dtype on a CPU is float16, which would change the
+    conditioning the model was trained with (and break exact inversion across devices).
+    """
+
+    def __init__(self, text_config: dict | None = None, device: Any = None, dtype: Any = None,
+                 model_options: dict | None = None) -> None:
+        super().__init__()
+        self.toy = toy.TextEncoder(**(text_config or {})).to(device=device, dtype=torch.float32)
+        self.dtypes = {torch.float32}
+
+    def set_clip_options(self, options: dict) -> None:
+        """CLIP layer / projection options: the toy encoder has one output, so nothing to set."""
+
+    def reset_clip_options(self) -> None:
+        """See ``set_clip_options``."""
+
+    def encode_token_weights(self, token_weight_pairs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        cond, pooled = encode_token_weights(self.toy, token_weight_pairs)
+        device = comfy.model_management.intermediate_device()
+        return cond.to(device, torch.float32), pooled.to(device, torch.float32)
+
+    def load_sd(self, sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+        """Load ``toy.*`` keys; returns (missing, unexpected) like ``load_state_dict(strict=False)``."""
+        prefix = "toy."
+        own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        result = self.toy.load_state_dict(own, strict=False)
+        unexpected = [k for k in sd if not k.startswith(prefix)] + [prefix + k for k in result.unexpected_keys]
+        return [prefix + k for k in result.missing_keys], unexpected
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def _json(meta: dict[str, str], key: str, shown: str) -> Any:
+    if key not in meta:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) has no '{key}' metadata entry; re-export it with "
+                         "scripts/train_toy.py")
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): metadata entry '{key}' is not valid JSON "
+                         f"({err})") from err
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The file's metadata after checking that it is a toy-model export this pack can read."""
+    shown = path.name
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) is not a readable safetensors file ({err}); choose a "
+                         "file written by scripts/train_toy.py") from err
+    if meta.get("format") != toy.FORMAT:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) is not an Exact Inversion toy model (format "
+                         f"{meta.get('format')!r}, expected {toy.FORMAT!r}); load other checkpoints with the stock "
+                         "Load Checkpoint node")
+    try:
+        version = int(meta.get("format_version", ""))
+    except ValueError:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) has an invalid format_version "
+                         f"{meta.get('format_version')!r}") from None
+    if not 1 <= version <= toy.FORMAT_VERSION:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) has format_version {version}; this pack reads "
+                         f"versions 1 to {toy.FORMAT_VERSION}: update the pack, or re-export the model with it")
+    if meta.get("prediction", "eps") != "eps":
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) predicts {meta['prediction']!r}; only eps toy "
+                         "models are supported")
+    vocab = _json(meta, "vocab", shown)
+    if list(vocab) != list(VOCAB) or int(meta.get("context_length", CONTEXT_LENGTH)) != CONTEXT_LENGTH:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) was trained with another vocabulary or context "
+                         f"length than this pack's tokenizer ({len(VOCAB)} words, context {CONTEXT_LENGTH}); "
+                         "re-export it with this version of the pack")
+    return meta
+
+
+@dataclass
+class ToyModel:
+    """What one file loads into: the three ComfyUI objects and the file's metadata."""
+
+    model: comfy.model_patcher.ModelPatcher
+    clip: comfy.sd.CLIP
+    vae: comfy.sd.VAE
+    metadata: dict[str, str]
+
+
+def build(path: Path) -> ToyModel:
+    """Read ``path`` (safetensors only) and build MODEL, CLIP and VAE in ComfyUI's classes."""
+    shown = path.name
+    meta = read_metadata(path)
+    unet_config = _json(meta, "unet_config", shown)
+    text_config = _json(meta, "text_config", shown)
+    schedule = _json(meta, "schedule", shown) if "schedule" in meta else {}
+    if not isinstance(unet_config, dict) or not isinstance(text_config, dict) or not isinstance(schedule, dict):
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): unet_config, text_config and schedule must be "
+                         "JSON objects")
+    sd = safetensors.torch.load_file(str(path), device="cpu")
+    unet_sd, text_sd = toy.split_state_dict(sd)
+    if toy.VAE_KEY not in sd or not unet_sd or not text_sd:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) lacks the UNet, text-encoder or VAE entries "
+                         f"({toy.UNET_PREFIX}*, {toy.TEXT_PREFIX}*, {toy.VAE_KEY})")
+
+    cfg = ToyConfig(unet_config, text_config, {k: schedule[k] for k in SCHEDULE_KEYS if k in schedule})
+    cfg.set_inference_dtype(torch.float32, None)
+    try:
+        base = cfg.get_model({})
+        base.diffusion_model.load_state_dict(unet_sd, strict=True)
+    except (TypeError, RuntimeError) as err:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): the UNet weights do not fit its unet_config "
+                         f"({err})") from err
+    model = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                             offload_device=comfy.model_management.unet_offload_device())
+
+    try:
+        clip = comfy.sd.CLIP(cfg.clip_target(), parameters=sum(v.numel() for v in text_sd.values()),
+                             model_options={"dtype": torch.float32})
+    except TypeError as err:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): invalid text_config {text_config} ({err})") from err
+    try:
+        missing, unexpected = clip.load_sd({"toy." + k: v for k, v in text_sd.items()})
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): the text-encoder weights do not fit its text_config "
+                         f"({err})") from err
+    if missing or unexpected:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): the text-encoder weights do not fit its text_config "
+                         f"(missing {missing}, unexpected {unexpected})")
+
+    # float32 so VAEEncode gives exactly 2 x - 1 (bfloat16, ComfyUI's choice on some GPUs, would round it)
+    vae = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)}, dtype=torch.float32)
+    logging.info("%s: loaded %s (format_version %s, UNet %d and text encoder %d parameters)", NODE, path,
+                 meta["format_version"], sum(v.numel() for v in unet_sd.values()),
+                 sum(v.numel() for v in text_sd.values()))
+    return ToyModel(model=model, clip=clip, vae=vae, metadata=meta)
+
+
+_CACHE: dict[str, tuple[tuple[int, int], ToyModel]] = {}
+_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
+
+
+def load(name: str) -> ToyModel:
+    """The toy model in the listed file ``name``, built once per file version (path, mtime, size)."""
+    path = resolve(name)
+    key, stamp = str(path), _stamp(path)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        loaded = build(path)
+        _CACHE[key] = (stamp, loaded)
+        return loaded
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests; ComfyUI's own model management frees the weights)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+class ToyModelLoader(io.ComfyNode):
+    """Loads the embedded toy model as MODEL, CLIP and VAE for the stock nodes and ours."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("ToyModelLoader"),
+            display_name=NODE,
+            category=CATEGORY,
+            description="Loads the pack's own small text-to-image model of the toy world (one circle, square or "
+                        "triangle on a plain background, 32x32 pixels, prompts like 'a red circle on a green "
+                        "background'). Works with CLIPTextEncode, KSampler, VAEEncode/VAEDecode and this pack's "
+                        "Invert/Edit; use a 32x32 image or EmptyChromaRadianceLatentImage.",
+            inputs=[
+                io.Combo.Input(INPUT, options=list_files(), default=DEFAULT_FILE,
+                               tooltip="A toy model file in the pack's models folder; toy_model.safetensors is "
+                                       "the one scripts/train_toy.py exports."),
+            ],
+            outputs=[
+                io.Model.Output(tooltip="The toy UNet: eps prediction on the SD1 schedule, in pixel space "
+                                        "(3-channel latent in [-1, 1])."),
+                io.Clip.Output(tooltip="The toy text encoder; its vocabulary is a, on, background, 8 colours "
+                                       "and circle/square/triangle."),
+                io.Vae.Output(tooltip="Pixel-space VAE: IMAGE in [0, 1] <-> latent in [-1, 1], no compression."),
+            ],
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, model_file: str) -> Any:
+        """Re-run when the file changes (e.g. a new export), not only when the choice does."""
+        try:
+            path = resolve(model_file)
+        except ValueError:
+            return model_file  # execute raises the message
+        return (model_file, *_stamp(path))
+
+    @classmethod
+    def execute(cls, model_file: str) -> io.NodeOutput:
+        loaded = load(model_file)
+        return io.NodeOutput(loaded.model.clone(), loaded.clip.clone(), loaded.vae)
+
+
+NODES = [ToyModelLoader]
