@@ -28,6 +28,8 @@ EDIT = "Edit from Inversion"
 CHECK = "Round-trip Check"
 #: extras key of the latent Invert started from, so Round-trip Check can take an INVERSION.
 SOURCE = "source_latent"
+#: extras key of z_T in LATENT space (the state's own latents are in the sampler's scaled space).
+NOISE = "noise_latent"
 
 
 def _guider_model(guider: Any, node: str) -> Any:
@@ -79,6 +81,7 @@ class Invert(io.ComfyNode):
             logging.warning("%s: %s", INVERT, warning)
         state, z_top = run_inversion(guider, solver, samples, grid, INVERT)
         state.extras[SOURCE] = samples.detach().to("cpu").clone()
+        state.extras[NOISE] = z_top.detach().to("cpu").clone()
         state.meta.update(model=model_fingerprint(model), conditioning=conditioning_fingerprint(guider),
                           created=creation_info(), warnings=warnings)
         return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), *warnings]})

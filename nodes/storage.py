@@ -216,7 +216,7 @@ class LoadInversion(io.ComfyNode):
             ],
             outputs=[
                 Inversion.Output("inversion", tooltip="The loaded inversion; feed it to Edit."),
-                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T as stored, for previews."),
+                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T, as Invert output it."),
             ],
         )
 
@@ -234,7 +234,7 @@ class LoadInversion(io.ComfyNode):
             raise ValueError(f"{LOAD}: {'; '.join(problems)}. Use the matching inputs, or tick allow_mismatch")
         state.meta = {**state.meta, "loaded_from": chosen, "allow_mismatch": bool(allow_mismatch)}
         lines = [f"loaded {chosen}: {state.describe()}", *[f"mismatch allowed: {p}" for p in problems]]
-        z_top = state.latents["x"].to(torch.float32)
+        z_top = state.extras.get("noise_latent", state.latents["x"]).to(torch.float32)
         return io.NodeOutput(state, {"samples": z_top}, ui={"text": lines})
 
 

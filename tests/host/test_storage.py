@@ -56,8 +56,12 @@ def world(host, node_classes):
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 def test_save_load_edit_is_bit_identical(host, node_classes, world, solver):
     with torch.inference_mode():
-        inv, _ = invert(node_classes, world["src"], sampler(node_classes, solver), world["sigmas"], world["latent"])
-        loaded = load(node_classes, save(node_classes, inv, f"tests/{solver}").result[0])
+        inv, z_top = invert(node_classes, world["src"], sampler(node_classes, solver), world["sigmas"],
+                            world["latent"])
+        name = save(node_classes, inv, f"tests/{solver}").result[0]
+        loaded = load(node_classes, name)
+        loaded_z = node_classes["ExactInversion_LoadInversion"].execute(file=name, allow_mismatch=False).result[1]
+        assert torch.equal(loaded_z["samples"], z_top["samples"])  # the same z_T preview as Invert's
         for g in (world["src"], world["tgt"]):  # reconstruction and an edit
             assert torch.equal(edit(node_classes, g, inv)["samples"], edit(node_classes, g, loaded)["samples"])
     assert loaded.latents.keys() == inv.latents.keys()
@@ -77,7 +81,7 @@ def test_file_metadata(host, world):
     assert header["format"] == "exact-inversion/inversion" and header["format_version"] == 1
     assert header["solver"] == "edict" and header["params"] == {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}
     assert header["latent_shape"] == [1, 4, 8, 8] and header["steps"] == 8
-    assert keys == {"sigmas", "latent.x", "latent.y", "extra.source_latent"}
+    assert keys == {"sigmas", "latent.x", "latent.y", "extra.source_latent", "extra.noise_latent"}
     meta = header["meta"]
     assert len(meta["model"]["id"]) == 16 and meta["model"]["summary"]["sampling"]["type"] == "ModelSampling"
     assert meta["conditioning"]["cfg"] == 1.0 and meta["conditioning"]["entries"] == {"negative": 1, "positive": 1}
