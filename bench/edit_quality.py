@@ -33,7 +33,7 @@ Targets are chosen deterministically: the palette colour ``SHIFT`` places after 
 never the background (shape edits) or the shape colour (background edits).
 
     scripts/py bench/edit_quality.py                                   # models/toy_model.safetensors, 24 images
-    scripts/py bench/edit_quality.py --model /tmp/x/toy_model.safetensors --n 4 --steps 10 --methods ddim edict
+    scripts/py bench/edit_quality.py --model runs/toy/toy_model.safetensors --n 4 --steps 10 --methods ddim edict
     scripts/py bench/edit_quality.py --json > edit_quality.json        # one JSON list, one record per method x edit
 
 With ``--json`` only a JSON list is printed on stdout (progress goes to stderr). A PNG grid (rows: the
