@@ -210,6 +210,14 @@ class ToyModel:
     metadata: dict[str, str]
 
 
+def norm_groups(meta: dict[str, str], shown: str) -> int:
+    """The UNet's GroupNorm group count (ComfyUI's 32 for files written before the entry existed)."""
+    raw = meta.get("norm_groups", "32")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): norm_groups must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
 def build(path: Path) -> ToyModel:
     """Read ``path`` (safetensors only) and build MODEL, CLIP and VAE in ComfyUI's classes."""
     shown = path.name
@@ -230,8 +238,9 @@ def build(path: Path) -> ToyModel:
     cfg.set_inference_dtype(torch.float32, None)
     try:
         base = cfg.get_model({})
+        toy.set_norm_groups(base.diffusion_model, norm_groups(meta, shown))
         base.diffusion_model.load_state_dict(unet_sd, strict=True)
-    except (TypeError, RuntimeError) as err:
+    except (TypeError, RuntimeError, ValueError) as err:
         raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): the UNet weights do not fit its unet_config "
                          f"({err})") from err
     model = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),

@@ -39,6 +39,11 @@ VAE_KEY = "first_stage_model.pixel_space_vae"  # makes comfy.sd.VAE build its pi
 CONTEXT_DIM = 64
 TEXT_LAYERS = 2
 TEXT_HEADS = 2
+# GroupNorm groups in the UNet. ComfyUI's UNetModel hard-codes 32, which at 32 channels is one channel per
+# group: every norm removes each channel's image mean, so the text could not set the image's mean colour
+# (the background) and the background stayed at chance. 8 groups keep relative channel means, as SD's
+# 10-channel groups do (measured: scripts/train_toy.py notes, the issue 5 stop note).
+NORM_GROUPS = 8
 
 UNET_CONFIG: dict[str, Any] = {
     "image_size": 32, "in_channels": 3, "out_channels": 3, "model_channels": 32,
@@ -125,14 +130,26 @@ def plain_ops() -> SimpleNamespace:
 
 
 def build_unet(operations: Any = None, device: torch.device | str | None = None,
-               dtype: torch.dtype = torch.float32) -> nn.Module:
-    """ComfyUI's UNetModel with ``UNET_CONFIG`` (needs ComfyUI importable and ``comfy.cli_args`` set up).
+               dtype: torch.dtype = torch.float32, norm_groups: int = NORM_GROUPS) -> nn.Module:
+    """ComfyUI's UNetModel with ``UNET_CONFIG`` and ``norm_groups`` GroupNorm groups (needs ComfyUI
+    importable and ``comfy.cli_args`` set up).
 
     ``operations`` defaults to ``plain_ops()`` (initialised weights, for training).
     """
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    return UNetModel(**UNET_CONFIG, dtype=dtype, device=device, operations=operations or plain_ops())
+    unet = UNetModel(**UNET_CONFIG, dtype=dtype, device=device, operations=operations or plain_ops())
+    set_norm_groups(unet, norm_groups)
+    return unet
+
+
+def set_norm_groups(module: nn.Module, groups: int) -> None:
+    """Give every GroupNorm in ``module`` ``groups`` groups (its weights are per channel, so they still fit)."""
+    for m in module.modules():
+        if isinstance(m, nn.GroupNorm):
+            if m.num_channels % groups:
+                raise ValueError(f"norm_groups {groups} does not divide a GroupNorm's {m.num_channels} channels")
+            m.num_groups = groups
 
 
 def eps(unet: nn.Module, x: Tensor, t: Tensor, context: Tensor) -> Tensor:
@@ -174,12 +191,14 @@ def export_state_dict(unet: nn.Module, text: TextEncoder, dtype: torch.dtype = t
     return sd
 
 
-def export_metadata(extra: dict[str, Any] | None = None, text: TextEncoder | None = None) -> dict[str, str]:
+def export_metadata(extra: dict[str, Any] | None = None, text: TextEncoder | None = None,
+                    norm_groups: int = NORM_GROUPS) -> dict[str, str]:
     """safetensors metadata (strings only): format, version, configs, vocabulary, schedule, plus ``extra``."""
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "unet_config": json.dumps(UNET_CONFIG),
+        "norm_groups": str(norm_groups),
         "text_config": json.dumps(text.config if text is not None else TextEncoder().config),
         "vocab": json.dumps(list(VOCAB)),
         "context_length": str(CONTEXT_LENGTH),

@@ -279,6 +279,8 @@ def test_foreign_files_refused(node_classes, folder):
         "nometa.safetensors": ({"x": torch.zeros(2)}, None, r"not an Exact Inversion toy model \(format None"),
         "future.safetensors": (None, {"format_version": str(toy.FORMAT_VERSION + 1)}, r"format_version 2; .*update"),
         "vocab.safetensors": (None, {"vocab": json.dumps(["<pad>", "dog"])}, r"another vocabulary"),
+        "groups.safetensors": (None, {"norm_groups": "-8"}, r"norm_groups must be a positive integer"),
+        "groups7.safetensors": (None, {"norm_groups": "7"}, r"norm_groups 7 does not divide"),
     }
     try:
         for name, (tensors, meta, message) in cases.items():
@@ -296,6 +298,24 @@ def test_foreign_files_refused(node_classes, folder):
     finally:
         for name in [*cases, "pickle.safetensors"]:
             (folder / name).unlink(missing_ok=True)
+
+
+def test_norm_groups_come_from_the_file(node_classes, folder, loaded):
+    """The UNet's GroupNorms use the file's norm_groups (8 in our exports); a file without the entry gets
+    ComfyUI's 32, what such files were trained with."""
+    norms = [m for m in loaded[0].model.diffusion_model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and {m.num_groups for m in norms} == {toy.NORM_GROUPS} == {8}
+    old = folder / "old.safetensors"
+    unet, text = random_toy(1)
+    meta = toy.export_metadata({}, text)
+    del meta["norm_groups"]
+    safetensors.torch.save_file(toy.export_state_dict(unet, text), str(old), metadata=meta)
+    try:
+        model = load_node(node_classes, old.name)[0]
+        assert {m.num_groups for m in model.model.diffusion_model.modules()
+                if isinstance(m, torch.nn.GroupNorm)} == {32}
+    finally:
+        old.unlink()
 
 
 def test_comfy_model_detection_untouched(loaded):
