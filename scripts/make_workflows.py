@@ -196,7 +196,58 @@ def save_load_edit(prefix: str = "exact_inversion/save_load") -> Graph:
     return g
 
 
+#: (label, solver node, widgets) of every solver family, as in the per-solver SD workflows
+SOLVERS = [
+    ("DDIM", "ExactInversion_DDIMSolver", ["current", "float64"]),
+    ("EDICT", "ExactInversion_EDICTSolver", [0.93, "fixed", "float64"]),
+    ("BDIA", "ExactInversion_BDIASolver", [1.0, "float64"]),
+    ("AIDI", "ExactInversion_AIDISolver", ["A", 6, 1e-8, 3, "float64"]),
+    ("EES", "ExactInversion_EESSolver", ["EES(2,5)", "float64"]),
+]
+TOY_SOURCE = "a red circle on a green background"
+TOY_TARGET = "a yellow circle on a green background"
+TOY_IMAGE = "toy_example.png"
+TOY_STEPS = 25
+TOY_CFG_EDIT = 4.0
+
+
+def toy_invert_edit(prefix: str = "exact_inversion/toy") -> Graph:
+    """Every solver side by side on the embedded toy model: one held-out image, inverted with its caption
+    (cfg 1), reconstructed and edited to the target caption (cfg 4). One row per solver; titles start with
+    the solver's label (the demo reads them)."""
+    g = Graph()
+    loader = g.add("ExactInversion_ToyModelLoader", ["toy_model.safetensors"], 0, 0)
+    image = g.add("LoadImage", [TOY_IMAGE, "image"], 0, 1, "Held-out toy image")
+    src = g.add("CLIPTextEncode", [TOY_SOURCE], 1, 0, "Source prompt (the image's caption)", clip=loader.out(1))
+    tgt = g.add("CLIPTextEncode", [TOY_TARGET], 1, 1, "Target prompt", clip=loader.out(1))
+    neg = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=loader.out(1))
+    enc = g.add("VAEEncode", [], 1, 3, pixels=image.out(0), vae=loader.out(2))
+    g_src = g.add("CFGGuider", [1.0], 2, 0, "Source guider (inversion)", model=loader.out(0), positive=src.out(0),
+                  negative=neg.out(0))
+    g_tgt = g.add("CFGGuider", [TOY_CFG_EDIT], 2, 1, "Target guider (edit)", model=loader.out(0),
+                  positive=tgt.out(0), negative=neg.out(0))
+    sigmas = g.add("BasicScheduler", ["normal", TOY_STEPS, 1.0], 2, 2, model=loader.out(0))
+    for row, (label, node_type, widgets) in enumerate(SOLVERS):
+        solver = g.add(node_type, widgets, 3, row, f"{label}: solver")
+        inv = g.add("ExactInversion_Invert", [], 4, row, f"{label}: Invert", guider=g_src.out(0),
+                    sampler=solver.out(0), sigmas=sigmas.out(0), latent=enc.out(0))
+        edit = g.add("ExactInversion_Edit", [], 5, row, f"{label}: Edit", guider=g_tgt.out(0), inversion=inv.out(0),
+                     sigmas=sigmas.out(0))
+        recon = g.add("ExactInversion_Edit", [], 6, row, f"{label}: Reconstruct", guider=g_src.out(0),
+                      inversion=inv.out(0))
+        g.add("ExactInversion_RoundTripCheck", [], 7, row, f"{label}: Round-trip Check", inversion=inv.out(0),
+              result_latent=recon.out(0))
+        dec_e = g.add("VAEDecode", [], 8, row, f"{label}: decode edit", samples=edit.out(0), vae=loader.out(2))
+        dec_r = g.add("VAEDecode", [], 9, row, f"{label}: decode reconstruction", samples=recon.out(0),
+                      vae=loader.out(2))
+        g.add("SaveImage", [f"{prefix}/{label.lower()}_edit"], 10, row, f"{label}: save edit", images=dec_e.out(0))
+        g.add("SaveImage", [f"{prefix}/{label.lower()}_reconstruction"], 11, row, f"{label}: save reconstruction",
+              images=dec_r.out(0))
+    return g
+
+
 WORKFLOWS = {
+    "toy_invert_edit.json": lambda: toy_invert_edit(),
     "ddim_invert_edit.json": lambda: sd15_invert_edit(),
     "edict_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EDICTSolver", [0.93, "fixed", "float64"],
                                                        "exact_inversion/edict"),
@@ -211,12 +262,28 @@ WORKFLOWS = {
 }
 
 
+def toy_example_png() -> Any:
+    """The toy workflow's input: held-out image 0 (its caption is TOY_SOURCE) as a 32x32 PIL image."""
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO))
+    from toyworld import world as W
+
+    batch = W.held_out(1)
+    if batch.captions[0] != TOY_SOURCE:
+        raise SystemExit(f"held-out image 0 is {batch.captions[0]!r}, the toy workflow says {TOY_SOURCE!r}")
+    pixels = (W.to_unit(batch.images[0]).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(pixels)
+
+
 def main() -> None:
     import comfyhost
 
     comfyhost.boot()
     out_dir = REPO / "workflows"
     out_dir.mkdir(exist_ok=True)
+    toy_example_png().save(out_dir / TOY_IMAGE)
+    print("wrote", out_dir / TOY_IMAGE)
     for name, build in WORKFLOWS.items():
         text = json.dumps(build().to_ui(), indent=1) + "\n"
         (out_dir / name).write_text(text)

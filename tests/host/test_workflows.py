@@ -33,6 +33,21 @@ def is_exact(prompt: dict) -> bool:
     return any(n["class_type"] in EXACT_SOLVERS for n in prompt.values())
 
 
+def upstream_solvers(prompt: dict, node_id: str) -> set[str]:
+    """Solver node types that feed ``node_id`` (through any chain of links)."""
+    seen, todo, found = set(), [node_id], set()
+    while todo:
+        nid = todo.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        node = prompt[nid]
+        if node["class_type"].endswith("Solver"):
+            found.add(node["class_type"])
+        todo += [v[0] for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in prompt]
+    return found
+
+
 def test_there_are_workflows():
     assert WORKFLOWS, "workflows/ is empty"
 
@@ -48,11 +63,15 @@ def test_workflow_runs(host, path):
         assert img["type"] in ("output", "temp"), img
         assert (Path(host["work"]) / img["type"] / img["subfolder"] / img["filename"]).is_file()
     assert set(os.listdir(host["work"])) == before  # nothing written beside ComfyUI's folders
-    reports = [t for node in outputs.values() for t in node.get("text", []) if "round trip" in t]
-    assert reports, outputs
-    relative = float(re.search(r"relative ([0-9.e+-]+)", reports[0]).group(1))
-    if is_exact(prompt):
-        assert relative <= 1e-5, reports
+    checks = [k for k, n in prompt.items() if n["class_type"] == "ExactInversion_RoundTripCheck"]
+    assert checks and set(checks) <= set(outputs), outputs
+    for check in checks:  # every check fed by an exact solver reports an exact round trip
+        report = next(t for t in outputs[check]["text"] if "round trip" in t)
+        relative = float(re.search(r"relative ([0-9.e+-]+)", report).group(1))
+        solvers = upstream_solvers(prompt, check)
+        assert len(solvers) == 1, (check, solvers)
+        if solvers <= EXACT_SOLVERS:
+            assert relative <= 1e-5, (path.name, solvers, report)
 
 
 def test_converter_names_every_widget(host):
@@ -72,6 +91,11 @@ def test_exact_workflows_are_detected():
     exact = {p.name for p in WORKFLOWS if is_exact(api_prompt(p))}
     assert {"edict_invert_edit.json", "bdia_invert_edit.json", "controlnet_invert_edit.json"} <= exact, exact
     assert "ddim_invert_edit.json" not in exact
+    toy = api_prompt(WORKFLOWS_BY_NAME["toy_invert_edit.json"])
+    checks = [k for k, n in toy.items() if n["class_type"] == "ExactInversion_RoundTripCheck"]
+    assert sorted(next(iter(upstream_solvers(toy, c))) for c in checks) == sorted(
+        n["class_type"] for n in toy.values() if n["class_type"].endswith("Solver"))
+    assert len(checks) == 5
 
 
 def test_loaders_are_swapped(host):
@@ -118,3 +142,16 @@ def test_controlnet_changes_the_workflow_result(host):
                else n) for k, n in prompt.items()}
     plain = _saved_edit(host, comfyhost.run_prompt(off))
     assert np.abs(controlled - plain).mean() > 1.0, "the ControlNet did not change the edited image"
+
+
+def test_toy_example_is_the_held_out_image_its_prompt_describes():
+    """workflows/toy_example.png is held-out image 0 (8-bit), and the toy workflow's source prompt is its caption."""
+    from toyworld import world as W
+
+    png = np.asarray(Image.open(WORKFLOWS_BY_NAME["toy_invert_edit.json"].parent / "toy_example.png").convert("RGB"))
+    held = W.held_out(1)
+    truth = (W.to_unit(held.images[0]).clamp(0, 1) * 255).round().permute(1, 2, 0).numpy()
+    assert png.shape == (32, 32, 3) and np.array_equal(png, truth.astype(np.uint8))
+    prompt = api_prompt(WORKFLOWS_BY_NAME["toy_invert_edit.json"])
+    texts = {n["_meta"]["title"]: n["inputs"]["text"] for n in prompt.values() if n["class_type"] == "CLIPTextEncode"}
+    assert texts["Source prompt (the image's caption)"] == held.captions[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -60,6 +61,7 @@ def server(tmp_path_factory):
     os.symlink(REPO, base / "custom_nodes" / "exact-inversion")
     os.symlink(REPO / "tests" / "support" / "tinypack", base / "custom_nodes" / "exact-inversion-tinypack")
     example_image().save(base / "input" / "example.png")
+    shutil.copy(REPO / "workflows" / "toy_example.png", base / "input" / "toy_example.png")
     port = _free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([os.environ.get("COMFYUI_STUBS", ""), str(REPO / "tests" / "support")])}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -62,6 +63,7 @@ def boot(work: str | None = None) -> dict[str, Any]:
     from images import example_image
 
     example_image().save(os.path.join(work, "input", "example.png"))  # what the workflows' LoadImage reads
+    shutil.copy(REPO / "workflows" / "toy_example.png", os.path.join(work, "input", "toy_example.png"))
 
     import torch
 
