@@ -1,8 +1,11 @@
-"""The main job: invert -> edit workflows through real ComfyUI, writing images and a report.
+"""The main job: every solver inverts and edits a held-out image of the embedded toy model, through real ComfyUI.
 
-Runs each workflows/<solver>_invert_edit.json in-process (PromptExecutor) on a tiny SD1-shaped model
-(the embedded trained model replaces it when it lands), then measures the DDIM round trip on eps,
-v-prediction and flow versions of the model at several cfg values.
+Runs ``workflows/toy_invert_edit.json`` in-process (PromptExecutor) unchanged: the *Load Embedded Toy
+Model* node loads ``models/toy_model.safetensors`` (trained by scripts/train_toy.py), LoadImage reads
+``workflows/toy_example.png`` (held-out image 0, "a red circle on a green background"), and each solver
+inverts it with its caption (cfg 1), reconstructs it, and edits it to "a yellow circle on a green
+background" (cfg 4). The outputs are judged against the image's exact mask (toyworld.judge). Then the
+DDIM round trip is measured on eps, v-prediction and flow versions of a tiny SD1-shaped model.
 
 Usage: scripts/py scripts/demo.py [--out demo_output]
 """
@@ -15,42 +18,76 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "support"))
+sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO)]
 
-SOLVERS = ["ddim", "edict", "bdia", "aidi", "ees"]
-TINY_LOADER = ("ExactInversionTest_TinyCheckpointLoader", {"seed": 0})
-
-
-def workflow_path(solver: str) -> Path:
-    return REPO / "workflows" / f"{solver}_invert_edit.json"
+WORKFLOW = REPO / "workflows" / "toy_invert_edit.json"
+MODEL = REPO / "models" / "toy_model.safetensors"
+TARGET = ("circle", "yellow", "green")  # the workflow's target prompt, as (shape, shape colour, background)
 
 
-def run_workflow(solver: str, out: Path) -> dict:
+def load_png(path: Path) -> Any:
+    """A saved PNG as a (1, 3, H, W) float tensor in [-1, 1]."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) * 2 - 1
+
+
+def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
+    """Run the toy workflow; per solver label: saved images and the Round-trip Check report."""
     import comfyhost
-    from workflow_api import comfy_input_types, swap_checkpoint_loader, ui_to_api
+    from workflow_api import comfy_input_types, ui_to_api
 
     booted = comfyhost.boot()
-    ui = json.loads(workflow_path(solver).read_text())
-    prompt = swap_checkpoint_loader(ui_to_api(ui, comfy_input_types({n["type"] for n in ui["nodes"]})), *TINY_LOADER)
+    ui = json.loads(WORKFLOW.read_text())
+    prompt = ui_to_api(ui, comfy_input_types({n["type"] for n in ui["nodes"]}))
     t0 = time.perf_counter()
     outputs = comfyhost.run_prompt(prompt)
     wall = time.perf_counter() - t0
-    images = {}
-    for node_out in outputs.values():
+    results: dict[str, dict[str, Any]] = {}  # in the workflow's row order
+    for node in prompt.values():
+        label, _, role = node["_meta"]["title"].partition(": ")
+        if role == "Round-trip Check":
+            results[label] = {"images": {}}
+    for node_id, node_out in outputs.items():
+        label, _, role = prompt[node_id]["_meta"]["title"].partition(": ")
+        entry = results[label]
+        if role == "Round-trip Check":
+            entry["report"] = next(t for t in node_out.get("text", []) if "round trip" in t)
         for img in node_out.get("images", []):
             if img.get("type", "output") != "output":  # node previews (Round-trip Check's figure) live in temp/
                 continue
-            src = Path(booted["work"]) / "output" / img["subfolder"] / img["filename"]
-            kind = "edit" if "edit" in img["filename"] else "reconstruction"
-            dst = out / f"{solver}_{kind}.png"
-            shutil.copy(src, dst)
-            images[kind] = dst
-    shutil.copy(Path(booted["work"]) / "input" / "example.png", out / "input.png")
-    images["input"] = out / "input.png"
-    reports = [t for node_out in outputs.values() for t in node_out.get("text", []) if "round trip" in t]
-    return {"images": images, "report": reports[0], "wall_s": wall}
+            kind = "edit" if role == "save edit" else "reconstruction"
+            dst = out / f"{label.lower()}_{kind}.png"
+            shutil.copy(Path(booted["work"]) / "output" / img["subfolder"] / img["filename"], dst)
+            entry["images"][kind] = dst
+    shutil.copy(REPO / "workflows" / "toy_example.png", out / "input.png")
+    for entry in results.values():
+        entry["images"]["input"] = out / "input.png"
+    return results, wall
+
+
+def judge_results(results: dict[str, dict[str, Any]]) -> None:
+    """Add image-space figures: reconstruction PSNR, edit success, background PSNR, what the judge reads."""
+    from toyworld import judge as J
+    from toyworld import world as W
+
+    source = W.held_out(1)
+    mask = source.hard
+    target_fg = W.COLOURS.index(TARGET[1])
+    for entry in results.values():
+        rec, edit = load_png(entry["images"]["reconstruction"]), load_png(entry["images"]["edit"])
+        src = load_png(entry["images"]["input"])
+        read = J.judge(edit)
+        entry["recon_psnr"] = float(J.psnr(rec, src)[0])
+        entry["edit_success"] = bool(J.colour_edit(edit, mask, target_fg)["success"][0])
+        entry["background_psnr"] = float(J.psnr_outside(edit, src, mask)[0])
+        entry["judge_reads"] = W.caption(int(read.shape[0]), int(read.fg[0]), int(read.bg[0]))
 
 
 def roundtrip_table() -> list[dict]:
@@ -85,20 +122,20 @@ def roundtrip_table() -> list[dict]:
     return rows
 
 
-def comparison_grid(results: dict[str, dict], path: Path) -> None:
-    """One row per solver: input | reconstruction | edit."""
+def comparison_grid(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """One row per solver: input | reconstruction | edit, each 32x32 image shown at 128x128."""
     from PIL import Image, ImageDraw
 
-    order, tile = ["input", "reconstruction", "edit"], 128
-    grid = Image.new("RGB", (tile * len(order) + 60, (tile + 20) * len(results)), "white")
+    order, tile, left, head = ["input", "reconstruction", "edit"], 128, 60, 16
+    grid = Image.new("RGB", (left + tile * len(order), (tile + head) * len(results)), "white")
     draw = ImageDraw.Draw(grid)
-    for row, (solver, result) in enumerate(results.items()):
-        top = row * (tile + 20)
-        draw.text((4, top + tile // 2), solver, fill="black")
+    for row, (label, result) in enumerate(results.items()):
+        top = row * (tile + head)
+        draw.text((4, top + head + tile // 2), label, fill="black")
         for col, kind in enumerate(order):
             img = Image.open(result["images"][kind]).convert("RGB").resize((tile, tile), Image.NEAREST)
-            grid.paste(img, (60 + tile * col, top + 16))
-            draw.text((60 + tile * col + 4, top + 2), kind, fill="black")
+            grid.paste(img, (left + tile * col, top + head))
+            draw.text((left + tile * col + 4, top + 2), kind, fill="black")
     grid.save(path)
 
 
@@ -106,35 +143,49 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=REPO / "demo_output")
     args = parser.parse_args()
+    if not MODEL.is_file():
+        raise SystemExit(f"{MODEL} is missing: train it with scripts/py scripts/train_toy.py --export {MODEL}")
     args.out.mkdir(parents=True, exist_ok=True)
 
-    results = {solver: run_workflow(solver, args.out) for solver in SOLVERS}
+    results, wall = run_workflow(args.out)
+    judge_results(results)
     comparison_grid(results, args.out / "grid.png")
     rows = roundtrip_table()
     (args.out / "roundtrip.json").write_text(json.dumps(rows, indent=1))
+    (args.out / "toy_results.json").write_text(json.dumps(
+        {k: {f: v for f, v in r.items() if f != "images"} for k, r in results.items()}, indent=1))
 
     lines = [
         "# Exact Inversion demo report", "",
-        "Each `workflows/<solver>_invert_edit.json` ran through real ComfyUI (PromptExecutor) on a tiny random "
-        "SD1-shaped model (no trained weights yet): VAE-encode the input, invert with the source guider (cfg 1), "
-        "reconstruct with the same guider and edit with the target prompt (cfg 3).", "",
+        f"`workflows/toy_invert_edit.json` ran through real ComfyUI (PromptExecutor) in {wall:.1f} s on the CPU: "
+        "the embedded toy model (`models/toy_model.safetensors`) inverts held-out image 0, \"a red circle on a green "
+        "background\" (`input.png`), with each solver at cfg 1 (25 steps), reconstructs it with the same guider, "
+        "and edits it to \"a yellow circle on a green background\" at cfg 4.", "",
         "Images: `input.png`, `<solver>_reconstruction.png`, `<solver>_edit.png`, and `grid.png` (one row per "
-        "solver). A random VAE decodes to noise; the figures below are what to read.", "",
-        "| solver | wall s | Round-trip Check (encoded latent vs reconstruction) |", "|---|---|---|",
-        *[f"| {k} | {r['wall_s']:.2f} | {r['report']} |" for k, r in results.items()], "",
-        "DDIM invert -> reconstruct with the same guider, latent space (`roundtrip.json`):", "",
+        "solver: input | reconstruction | edit).", "",
+        "Judged against the image's exact object mask (`toyworld.judge`, on the saved 8-bit PNGs: SaveImage "
+        "truncates to 8 bits, which caps the image-space PSNR near 50 dB): reconstruction PSNR over all pixels; "
+        "edit success = the object's colour (inside the mask eroded by 1 px) is now yellow; background PSNR = "
+        "edit vs input outside the mask dilated by 1 px; what the judge reads from the edit. The last column is "
+        "the node's own check in latent space (float).",
+        "",
+        "| solver | recon PSNR dB | edit success | background PSNR dB | judge reads the edit as | Round-trip Check |",
+        "|---|---|---|---|---|---|",
+        *[f"| {k} | {r['recon_psnr']:.1f} | {'yes' if r['edit_success'] else 'no'} | {r['background_psnr']:.1f} | "
+          f"{r['judge_reads']} | {r['report']} |" for k, r in results.items()], "",
+        "For the whole held-out set (24 images, two edits each) run `scripts/py bench/edit_quality.py`.", "",
+        "DDIM invert -> reconstruct with the same guider on a tiny random SD1-shaped model, as eps, v-prediction "
+        "and flow (`roundtrip.json`, latent space):", "",
         "| model | steps | cfg | sigma_max | max-abs | relative | PSNR dB |",
         "|---|---|---|---|---|---|---|",
         *[f"| {r['model']} | {r['steps']} | {r['cfg']} | {r['sigma_max']:.3f} | {r['max_abs']:.3e} | "
           f"{r['relative']:.3e} | {r['psnr_db']:.2f} |" for r in rows], "",
-        "DDIM inversion is approximate: the error grows with cfg and falls with steps. A random network is a much "
-        "rougher vector field than a trained one, so the absolute errors here are large; exact solvers "
-        "(EDICT, BDIA) do not depend on that.",
+        "DDIM inversion is approximate: its error grows with cfg and falls with steps. EDICT and BDIA are exact.",
     ]
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {args.out}/: report.md, grid.png, input.png, <solver>_reconstruction.png, "
-          "<solver>_edit.png, roundtrip.json")
+          "<solver>_edit.png, toy_results.json, roundtrip.json")
 
 
 if __name__ == "__main__":
