@@ -15,7 +15,7 @@ import comfyhost
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api
+from workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api, upstream_solvers
 
 WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
 WORKFLOWS_BY_NAME = {p.name: p for p in WORKFLOWS}
@@ -31,21 +31,6 @@ def api_prompt(path: Path) -> dict:
 def is_exact(prompt: dict) -> bool:
     """Exact solvers reconstruct the encoded image's latent: decided by the solver node in the graph."""
     return any(n["class_type"] in EXACT_SOLVERS for n in prompt.values())
-
-
-def upstream_solvers(prompt: dict, node_id: str) -> set[str]:
-    """Solver node types that feed ``node_id`` (through any chain of links)."""
-    seen, todo, found = set(), [node_id], set()
-    while todo:
-        nid = todo.pop()
-        if nid in seen:
-            continue
-        seen.add(nid)
-        node = prompt[nid]
-        if node["class_type"].endswith("Solver"):
-            found.add(node["class_type"])
-        todo += [v[0] for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in prompt]
-    return found
 
 
 def test_there_are_workflows():

@@ -21,7 +21,7 @@ from pathlib import Path
 import comfyhost
 import pytest
 from images import example_image
-from workflow_api import TINY_LOADERS, swap_loaders, ui_to_api
+from workflow_api import TINY_LOADERS, swap_loaders, ui_to_api, upstream_solvers
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -135,10 +135,14 @@ def test_workflow_succeeds_over_http(server, path):
     assert not {n["class_type"] for n in prompt.values()} & set(TINY_LOADERS)  # no stock loader needs a file
     entry = _run(server, prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
-    texts = [t for out in entry["outputs"].values() for t in out.get("text", []) if "round trip" in t]
-    assert texts, entry["outputs"]
-    if any(n["class_type"] in EXACT_SOLVERS for n in prompt.values()):  # e.g. EDICT with a ControlNet on both guiders
-        assert float(re.search(r"relative ([0-9.e+-]+)", texts[0]).group(1)) <= 1e-5, texts
+    checks = [k for k, n in prompt.items() if n["class_type"] == "ExactInversion_RoundTripCheck"]
+    assert checks, prompt
+    for check in checks:  # e.g. EDICT with a ControlNet on both guiders, or the toy workflow's EDICT and BDIA rows
+        text = next(t for t in entry["outputs"][check]["text"] if "round trip" in t)
+        solvers = upstream_solvers(prompt, check)
+        assert len(solvers) == 1, (check, solvers)
+        if solvers <= EXACT_SOLVERS:
+            assert float(re.search(r"relative ([0-9.e+-]+)", text).group(1)) <= 1e-5, (path.name, text)
 
 
 def test_bad_input_is_a_clear_error_and_server_keeps_serving(server):

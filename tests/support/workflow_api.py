@@ -108,3 +108,18 @@ def swap_loaders(prompt: dict[str, Any], seed: int = 0) -> dict[str, Any]:
 def swap_checkpoint_loader(prompt: dict[str, Any], loader: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """Replace every CheckpointLoaderSimple with ``loader`` (same outputs: MODEL, CLIP, VAE)."""
     return swap_nodes(prompt, {"CheckpointLoaderSimple": (loader, inputs)})
+
+
+def upstream_solvers(prompt: dict, node_id: str) -> set[str]:
+    """Solver node types that feed ``node_id`` (through any chain of links)."""
+    seen, todo, found = set(), [node_id], set()
+    while todo:
+        nid = todo.pop()
+        if nid in seen:
+            continue
+        seen.add(nid)
+        node = prompt[nid]
+        if node["class_type"].endswith("Solver"):
+            found.add(node["class_type"])
+        todo += [v[0] for v in node["inputs"].values() if isinstance(v, list) and len(v) == 2 and v[0] in prompt]
+    return found
