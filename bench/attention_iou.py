@@ -34,7 +34,6 @@ sys.path[:0] = [str(BENCH)]
 import edit_quality as EQ  # noqa: E402  (puts the repo and tests/support on the path)
 import torch  # noqa: E402
 
-from toyworld import text as T  # noqa: E402
 from toyworld import world as W  # noqa: E402
 
 WORDS = ("shape noun", "shape colour", "background colour")
@@ -47,19 +46,23 @@ def capture_module() -> Any:
     return importlib.import_module(EQ.loader_module().__name__.rsplit(".", 1)[0] + ".attention_capture")
 
 
-def word_tokens(shape: int, fg: int, bg: int) -> dict[str, int]:
-    """Context position of each word of ``WORDS`` in the caption (the first occurrence)."""
+def word_tokens(clip: Any, shape: int, fg: int, bg: int) -> dict[str, int]:
+    """Context position of each word of ``WORDS`` in the caption, from the CLIP object's tokenizer."""
+    import importlib
+
+    words = importlib.import_module(capture_module().__name__.rsplit(".", 1)[0] + ".prompt_words")
     prompt = W.caption(shape, fg, bg)
-    return {"shape noun": T.word_positions(prompt, W.SHAPES[shape])[0],
-            "shape colour": T.word_positions(prompt, W.COLOURS[fg])[0],
-            "background colour": T.word_positions(prompt, W.COLOURS[bg])[-1]}
+    found = {name: words.word_token_positions(clip, prompt, word) for name, word in
+             (("shape noun", W.SHAPES[shape]), ("shape colour", W.COLOURS[fg]), ("background colour", W.COLOURS[bg]))}
+    assert all(len(p) == 1 for p in found.values()), found  # each is one token, once, in a toy caption
+    return {name: p[0] for name, p in found.items()}
 
 
 def image_maps(nodes: dict[str, Any], model: Any, clip: Any, vae: Any, image: torch.Tensor,
                attrs: tuple[int, int, int], steps: int) -> dict[str, dict[int | str, torch.Tensor]]:
     """Per word, the normalised mean attention map (32, 32): over all layers ("all") and per resolution."""
     cap = capture_module()
-    tokens = word_tokens(*attrs)
+    tokens = word_tokens(clip, *attrs)
     recorder = cap.AttentionRecorder(list(tokens.values()))
     patched = cap.patch_recorder(model, recorder)
     p = EQ.Pipeline(nodes, patched, clip, vae, torch.zeros(0), EQ.EvalCounter())
