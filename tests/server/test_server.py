@@ -28,7 +28,8 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
              "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
-            "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion"}
+            "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
+            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask"}
 EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
 

@@ -1,0 +1,127 @@
+"""Attention Mask: where in the image do chosen words of the source prompt live? A MASK from cross-attention.
+
+Why: editing "the dog" should touch the dog only. The model already knows where the dog is: its
+cross-attention for the word "dog" while it reconstructs the inverted image. This node re-runs the
+reconstruction (Edit with the inversion's own guider) on a MODEL whose text attention is recorded, and
+averages the words' maps over heads, the chosen resolution and the chosen part of the steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io, ui
+
+from ..solvers import InversionState
+from .attention_capture import AttentionRecorder, normalise, patch_recorder
+from .common import CATEGORY, Inversion, node_id, solver_for_state
+from .model_adapter import run_edit
+from .prompt_words import words_token_positions
+
+NAME = "Attention Mask"
+RESOLUTIONS = ["all", "finest", "2nd finest", "3rd finest", "coarsest"]
+
+
+def _check_guider(guider: Any) -> None:
+    if not hasattr(guider, "model_patcher") or not hasattr(guider, "sample"):
+        raise ValueError(f"{NAME}: input 'guider' is not a GUIDER; connect the guider you gave Invert")
+
+
+def _guider_with_model(guider: Any, model: Any) -> Any:
+    """A shallow copy of ``guider`` that samples with ``model`` (CFGGuider and its subclasses keep the
+    patcher and its options in these two attributes)."""
+    _check_guider(guider)
+    out = copy.copy(guider)
+    out.model_patcher = model
+    out.model_options = model.model_options
+    return out
+
+
+def _resolution_filter(recorder: AttentionRecorder, resolution: str) -> Any:
+    sizes = sorted({r.maps.shape[-2] * r.maps.shape[-1] for r in recorder.records}, reverse=True)
+    if resolution == "all" or not sizes:
+        return None
+    index = len(sizes) - 1 if resolution == "coarsest" else RESOLUTIONS.index(resolution) - 1
+    if index >= len(sizes):
+        raise ValueError(f"{NAME}: input 'resolution' is {resolution!r} but this model has only {len(sizes)} "
+                         "attention resolutions; pick a coarser one or 'all'")
+    size = sizes[index]
+    return lambda r: r.maps.shape[-2] * r.maps.shape[-1] == size
+
+
+def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: str, words: str,
+                   resolution: str = "all", start: float = 0.0, end: float = 1.0) -> torch.Tensor:
+    """(batch, H, W) min-max normalised mean attention of ``words`` at the latent's size."""
+    _check_guider(guider)
+    if not 0.0 <= start < end <= 1.0:
+        raise ValueError(f"{NAME}: inputs 'start' and 'end' must satisfy 0 <= start < end <= 1 (got {start}, "
+                         f"{end}); they are fractions of the reconstruction's steps")
+    try:
+        positions = words_token_positions(clip, prompt, words)
+    except ValueError as err:
+        raise ValueError(f"{NAME}: input 'words': {err}") from err
+    tokens = sorted({p for ps in positions.values() for p in ps})
+    recorder = AttentionRecorder(tokens)
+    patched = patch_recorder(guider.model_patcher, recorder)
+    solver = solver_for_state(inversion, NAME)
+    run_edit(_guider_with_model(guider, patched), solver, inversion, NAME)
+    sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # the reconstruction's steps, noisy first
+    if not sigmas:
+        raise ValueError(f"{NAME}: no cross-attention was recorded; the guider's model has no text attention "
+                         "(UNet models with cross-attention are supported)")
+    first, last = int(start * len(sigmas)), max(int(start * len(sigmas)) + 1, round(end * len(sigmas)))
+    chosen_sigmas = set(sigmas[first:last])
+    by_resolution = _resolution_filter(recorder, resolution)
+    size = tuple(inversion.shape[-2:])
+    maps = recorder.mean_map(size, select=lambda r: r.sigma in chosen_sigmas
+                             and (by_resolution is None or by_resolution(r)))
+    return normalise(maps.mean(dim=1)).clamp(0, 1)  # mean over the words' tokens, per image
+
+
+class AttentionMask(io.ComfyNode):
+    """A soft MASK from the cross-attention of words of the source prompt while the inversion is rebuilt."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("AttentionMask"),
+            display_name=NAME,
+            category=CATEGORY,
+            description="Finds where words of the source prompt are in the image: re-runs the reconstruction "
+                        "of the inversion with its own guider and averages the words' cross-attention maps. "
+                        "Outputs a soft mask (0..1) at the latent's size; threshold it with ThresholdMask or "
+                        "feed it to any node that takes a MASK.",
+            inputs=[
+                io.Guider.Input("guider", tooltip="The guider you gave Invert (source prompt)."),
+                Inversion.Input("inversion", tooltip="The output of Invert (or Load Inversion)."),
+                io.Clip.Input("clip", tooltip="The CLIP that encoded the source prompt (maps words to tokens)."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The source prompt, as typed into its CLIPTextEncode."),
+                io.String.Input("words", default="", tooltip="Words of the prompt, comma separated (e.g. 'dog')."),
+                io.Combo.Input("resolution", options=RESOLUTIONS, default="all",
+                               tooltip="Attention layers to average: all, or one resolution (finest = largest "
+                                       "maps)."),
+                io.Float.Input("start", default=0.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="First fraction of the reconstruction steps to average (0 = the noisiest)."),
+                io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.05,
+                               tooltip="Last fraction of the steps to average."),
+            ],
+            outputs=[io.Mask.Output("mask", tooltip="Soft mask in [0, 1] at the latent's size.")],
+        )
+
+    @classmethod
+    def execute(cls, guider: Any, inversion: Any, clip: Any, prompt: str, words: str, resolution: str = "all",
+                start: float = 0.0, end: float = 1.0) -> io.NodeOutput:
+        if not isinstance(inversion, InversionState):
+            raise ValueError(f"{NAME}: input 'inversion' must come from Invert or Load Inversion")
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"{NAME}: input 'resolution' must be one of {RESOLUTIONS}, got {resolution!r}")
+        mask = attention_mask(guider, inversion, clip, prompt, words, resolution, start, end)
+        preview = F.interpolate(mask.unsqueeze(1), scale_factor=max(1, 128 // mask.shape[-1]), mode="nearest")
+        return io.NodeOutput(mask, ui=ui.PreviewMask(preview.squeeze(1), cls=cls))
+
+
+NODES = [AttentionMask]
