@@ -82,9 +82,10 @@ def resolve(name: str) -> Path:
         raise ValueError(f"{NODE}: input '{INPUT}' ({name!r}) points outside the pack's models folder")
     if not os.path.isfile(path):
         if name == DEFAULT_FILE:
-            raise ValueError(f"{NODE}: input '{INPUT}': {name} is not in {root}: the toy model is not trained yet: "
-                             "run scripts/train_toy.py --out runs/toy --export models/toy_model.safetensors "
-                             "(see models/README.md)")
+            raise ValueError(f"{NODE}: input '{INPUT}': {name} is missing from {root}; it ships with the pack: "
+                             "reinstall the pack (or git checkout models/toy_model.safetensors), or retrain it "
+                             "with scripts/train_toy.py --out runs/toy --steps 1305 --export "
+                             "models/toy_model.safetensors (see models/README.md)")
         raise ValueError(f"{NODE}: input '{INPUT}': no file {name!r} in {root}; choose one of {list_files()} "
                          "and refresh the node list (press R)")
     return Path(path)

@@ -243,8 +243,8 @@ def test_missing_file_says_how_to_train(node_classes, tmp_path):
     try:
         assert mod.list_files() == ["toy_model.safetensors"]
         assert mod.ToyModelLoader.define_schema().inputs[0].options == ["toy_model.safetensors"]
-        with pytest.raises(ValueError, match=r"^Load Embedded Toy Model: input 'model_file': .*not trained yet: "
-                                             r"run scripts/train_toy.py"):
+        with pytest.raises(ValueError, match=r"^Load Embedded Toy Model: input 'model_file': .*is missing from "
+                                             r".*ships with the pack.*retrain it with scripts/train_toy.py"):
             load_node(node_classes)
         mod.set_model_folder(None)
         assert mod.model_folder() == Path(mod.__file__).resolve().parents[1] / "models"
