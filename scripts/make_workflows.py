@@ -204,6 +204,10 @@ SOLVERS = [
     ("AIDI", "ExactInversion_AIDISolver", ["A", 6, 1e-8, 3, "float64"]),
     ("EES", "ExactInversion_EESSolver", ["EES(2,5)", "float64"]),
 ]
+#: the toy workflow's exact solvers at 25 steps: EDICT's p scaled by its rule (0.93^(50/25)) and BDIA's gamma 0.5,
+#: the settings their authors give for few steps; with p 0.93 fixed / gamma 1 the toy edits come out noisy
+#: (bench/edit_quality.py, the issue 5 note)
+TOY_SOLVER_WIDGETS = {"EDICT": [0.93, "scaled", "float64"], "BDIA": [0.5, "float64"]}
 TOY_SOURCE = "a red circle on a green background"
 TOY_TARGET = "a yellow circle on a green background"
 TOY_IMAGE = "toy_example.png"
@@ -228,7 +232,7 @@ def toy_invert_edit(prefix: str = "exact_inversion/toy") -> Graph:
                   positive=tgt.out(0), negative=neg.out(0))
     sigmas = g.add("BasicScheduler", ["normal", TOY_STEPS, 1.0], 2, 2, model=loader.out(0))
     for row, (label, node_type, widgets) in enumerate(SOLVERS):
-        solver = g.add(node_type, widgets, 3, row, f"{label}: solver")
+        solver = g.add(node_type, TOY_SOLVER_WIDGETS.get(label, widgets), 3, row, f"{label}: solver")
         inv = g.add("ExactInversion_Invert", [], 4, row, f"{label}: Invert", guider=g_src.out(0),
                     sampler=solver.out(0), sigmas=sigmas.out(0), latent=enc.out(0))
         edit = g.add("ExactInversion_Edit", [], 5, row, f"{label}: Edit", guider=g_tgt.out(0), inversion=inv.out(0),
