@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from test_toy_attention import capture
-from test_toy_model import loader_module, write_export
+from test_toy_model import load_random_toy
 
 from toyworld import world as W
 
@@ -15,14 +15,7 @@ PROMPT = "a red circle on a green background"
 
 @pytest.fixture(scope="module")
 def toy(host, node_classes, tmp_path_factory):
-    mod = loader_module()
-    d = tmp_path_factory.mktemp("toy_mask")
-    write_export(d / "toy_model.safetensors", seed=5)
-    mod.set_model_folder(d)
-    mod.clear_cache()
-    yield node_classes["ExactInversion_ToyModelLoader"].execute(model_file="toy_model.safetensors").result
-    mod.set_model_folder(None)
-    mod.clear_cache()
+    return load_random_toy(node_classes, tmp_path_factory.mktemp("toy_mask"), seed=5)
 
 
 @pytest.fixture(scope="module")

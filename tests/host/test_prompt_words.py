@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
-from test_toy_model import loader_module
+from test_toy_model import load_random_toy, loader_module
 from tiny import make_clip
 
 from toyworld import text as T
@@ -42,17 +42,7 @@ def test_sd1_second_chunk_positions_are_offset_by_the_chunk(words, sd1_clip):
 
 
 def test_toy_positions_match_the_toy_vocabulary(words, node_classes, tmp_path):
-    from test_toy_model import write_export
-
-    mod = loader_module()
-    write_export(tmp_path / "toy_model.safetensors")
-    mod.set_model_folder(tmp_path)
-    mod.clear_cache()
-    try:
-        clip = node_classes["ExactInversion_ToyModelLoader"].execute(model_file="toy_model.safetensors").result[1]
-    finally:
-        mod.set_model_folder(None)
-        mod.clear_cache()
+    clip = load_random_toy(node_classes, tmp_path, seed=0)[1]
     for caption in W.held_out(6).captions:
         for word in caption.split():
             assert words.word_token_positions(clip, caption, word) == T.word_positions(caption, word), (caption, word)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_toy_model import loader_module, write_export
+from test_toy_model import load_random_toy, loader_module
 
 from toyworld import text as T
 from toyworld import world as W
@@ -35,14 +35,7 @@ def attention_bench():
 
 @pytest.fixture(scope="module")
 def random_model(host, node_classes, tmp_path_factory):
-    mod = loader_module()
-    d = tmp_path_factory.mktemp("toy_attention")
-    write_export(d / "toy_model.safetensors", seed=3)
-    mod.set_model_folder(d)
-    mod.clear_cache()
-    yield node_classes["ExactInversion_ToyModelLoader"].execute(model_file="toy_model.safetensors").result
-    mod.set_model_folder(None)
-    mod.clear_cache()
+    return load_random_toy(node_classes, tmp_path_factory.mktemp("toy_attention"), seed=3)
 
 
 def _invert(nodes, model, clip, image, steps=4, cfg=1.0):

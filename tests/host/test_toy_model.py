@@ -54,6 +54,20 @@ def load_node(node_classes, name: str = "toy_model.safetensors"):
     return node_classes[NODE].execute(model_file=name).result
 
 
+def load_random_toy(node_classes, folder: Path, seed: int):
+    """MODEL, CLIP, VAE of a seeded random export written to ``folder``; the loader points back at the pack's
+    models/ afterwards (the loaded objects stay usable)."""
+    mod = loader_module()
+    write_export(folder / "toy_model.safetensors", seed=seed)
+    mod.set_model_folder(folder)
+    mod.clear_cache()
+    try:
+        return load_node(node_classes)
+    finally:
+        mod.set_model_folder(None)
+        mod.clear_cache()
+
+
 @pytest.fixture(scope="module")
 def folder(host, tmp_path_factory):
     mod = loader_module()
