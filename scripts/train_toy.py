@@ -1,7 +1,7 @@
 """Train the embedded toy text-to-image model (toyworld) from scratch; seeded, resumable, evaluated by the judge.
 
-    scripts/py scripts/train_toy.py --out runs/toy --steps 3500          # CPU, 1 thread by default
-    scripts/py scripts/train_toy.py --out runs/toy --steps 3500          # again: resumes from runs/toy/ckpt.safetensors
+    scripts/py scripts/train_toy.py --out runs/toy --steps 1305 --export models/toy_model.safetensors  # the shipped run
+    scripts/py scripts/train_toy.py --out runs/toy --steps 1305 ...      # again: resumes from runs/toy/ckpt.safetensors
     scripts/py scripts/train_toy.py --evaluate models/toy_model.safetensors   # judge an exported model
 
 The recipe is the prototype's (shared/research/toy-model.md) in one phase: batch 64, AdamW lr 8e-4 with
@@ -61,7 +61,7 @@ RECIPE_ADDED = {"norm_groups": 32}  # recipe keys added later, with the value ol
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=REPO / "runs" / "toy", help="run folder (checkpoint, logs, export)")
-    p.add_argument("--steps", type=int, default=3500, help="total optimisation steps to reach")
+    p.add_argument("--steps", type=int, default=1305, help="total steps to reach (1305: the shipped model)")
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget of this invocation")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
