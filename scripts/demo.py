@@ -56,7 +56,9 @@ def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
             results[label] = {"images": {}}
     for node_id, node_out in outputs.items():
         label, _, role = prompt[node_id]["_meta"]["title"].partition(": ")
-        entry = results[label]
+        entry = results.get(label)
+        if entry is None:  # a shared node's own output (not one of the solver rows)
+            continue
         if role == "Round-trip Check":
             entry["report"] = next(t for t in node_out.get("text", []) if "round trip" in t)
         for img in node_out.get("images", []):
