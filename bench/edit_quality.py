@@ -60,6 +60,7 @@ sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO)]
 
 import comfyhost  # noqa: E402
 import torch  # noqa: E402
+from overhead import EvalCounter  # noqa: E402  (the same UNet-call counter)
 
 from toyworld import judge as J  # noqa: E402
 from toyworld import world as W  # noqa: E402
@@ -151,17 +152,6 @@ def score_edit(edit: str, edited: torch.Tensor, source: torch.Tensor, mask: torc
 
 
 # --- running through the nodes -----------------------------------------------------------------------------
-
-
-class EvalCounter:
-    """A UNet function wrapper that counts model calls."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
-        self.calls += 1
-        return apply_model(args["input"], args["timestep"], **args["c"])
 
 
 def loader_module() -> Any:
