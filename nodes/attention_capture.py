@@ -1,10 +1,10 @@
 """Record per-token cross-attention maps while a MODEL runs, through ComfyUI's attention replace patches.
 
 Why: blended-guidance masks and the toy model's attention check need the softmax(QK^T) of every
-text-attention layer, which ComfyUI never materialises. A replace patch recomputes the attention in
-float32 from the projected q, k, v, keeps the probabilities of the tokens asked for, and returns the
-same output the stock attention would (to float32 rounding). Patches already on a block (another pack's)
-are chained, not clobbered.
+text-attention layer, which ComfyUI never materialises. A replace patch computes the probabilities in
+float32 from the projected q, k, v, keeps those of the tokens asked for, and returns ComfyUI's own
+attention of q, k, v, so the model's output is bit for bit what it is unpatched (an exact reconstruction
+stays exact). Patches already on a block (another pack's) are chained, not clobbered.
 
 Text attention is ``attn2`` in every transformer block, plus ``attn1`` in blocks built with
 ``disable_self_attentions`` (ComfyUI feeds those the context too; the toy model's 32x32 blocks).
@@ -41,14 +41,10 @@ class AttentionRecorder:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict[str, Any], layer: str
                ) -> torch.Tensor:
-        heads, dim_head = extra["n_heads"], extra["dim_head"]
         b, n, _ = q.shape
-        qh = q.float().view(b, n, heads, dim_head).transpose(1, 2)
-        kh = k.float().view(b, -1, heads, dim_head).transpose(1, 2)
-        vh = v.float().view(b, -1, heads, dim_head).transpose(1, 2)
-        probs = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(dim_head), dim=-1)  # B, heads, HW, tokens
-        out = (probs @ vh).transpose(1, 2).reshape(b, n, heads * dim_head).to(q.dtype)
-        h, w = _spatial(extra, n)
+        probs = attention_probabilities(q, k, extra)  # B, heads, HW, tokens
+        out = stock_attention(q, k, v, extra)
+        h, w = spatial_grid(extra, n)
         chosen = probs[..., list(self.token_indices)].mean(dim=1)  # B, HW, T
         kinds = list(extra.get("cond_or_uncond", [0]))
         chunk = b // max(1, len(kinds))
@@ -73,7 +69,32 @@ class AttentionRecorder:
         return torch.stack(maps).mean(0)
 
 
-def _spatial(extra: dict[str, Any], n: int) -> tuple[int, int]:
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head in float32: (batch, heads, queries, keys)."""
+    heads, dim_head = extra["n_heads"], extra["dim_head"]
+    b, n, _ = q.shape
+    qh = q.float().view(b, n, heads, dim_head).transpose(1, 2)
+    kh = k.float().view(b, -1, heads, dim_head).transpose(1, 2)
+    return torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(dim_head), dim=-1)
+
+
+def attend_with(probs: torch.Tensor, v: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+    """Attention output (batch, queries, heads*dim) from given probabilities and the projected values."""
+    heads, dim_head = extra["n_heads"], extra["dim_head"]
+    b = v.shape[0]
+    vh = v.float().view(b, -1, heads, dim_head).transpose(1, 2)
+    return (probs @ vh).transpose(1, 2).reshape(b, probs.shape[2], heads * dim_head).to(v.dtype)
+
+
+def stock_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
+    """What the unpatched layer computes from q, k, v: ComfyUI's current attention function, same arguments."""
+    from comfy.ldm.modules import attention  # looked up at call time: ComfyUI picks the function at start-up
+
+    return attention.optimized_attention(q, k, v, extra["n_heads"], attn_precision=extra.get("attn_precision"),
+                                         transformer_options=extra)
+
+
+def spatial_grid(extra: dict[str, Any], n: int) -> tuple[int, int]:
     """(h, w) of the attention's query grid: the block's activation shape when ComfyUI gives it."""
     shape = extra.get("activations_shape")
     if shape is not None and shape[-2] * shape[-1] == n:
@@ -113,7 +134,7 @@ def patch_recorder(model: Any, recorder: AttentionRecorder) -> Any:
     if any(layer == "attn1" for layer, *_ in sites):
         # ComfyUI 0.3.75 calls an attn1 replace with value=None in a text-only (disable_self_attn) block unless
         # an attn1_patch set value = context first; this one changes nothing else (self-attention reads n, n).
-        m.set_model_attn1_patch(_values_from_context)
+        m.set_model_attn1_patch(values_from_context)
     for layer, name, number, index in sites:
         record = recorder.for_layer(layer)
         prev = existing.get(layer, {}).get((name, number, index)) or existing.get(layer, {}).get((name, number))
@@ -130,7 +151,7 @@ def patch_recorder(model: Any, recorder: AttentionRecorder) -> Any:
     return m
 
 
-def _values_from_context(n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra: dict[str, Any]
+def values_from_context(n: torch.Tensor, context: torch.Tensor, value: torch.Tensor, extra: dict[str, Any]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return n, context, value
 

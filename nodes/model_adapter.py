@@ -23,7 +23,7 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ..solvers import InversionState, Schedule, Solver
+from ..solvers import InversionState, Schedule, Solver, StepHook
 
 PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 
@@ -171,12 +171,17 @@ class _InvertRun(SolverSampler):
         return self.latents["x"].to(torch.float32)
 
 
-class _EditRun(SolverSampler):
-    """Single-use sampler for Edit: runs ``solver.sample`` from an inverted state."""
+class EditRun(SolverSampler):
+    """Single-use sampler for Edit: runs ``solver.sample`` from an inverted state.
+
+    A guider that runs branches side by side (blended guidance) may widen ``latents`` and set
+    ``step_hook`` before sampling (see ``solvers.base.StepHook``).
+    """
 
     def __init__(self, solver: Solver, node: str, latents: dict[str, torch.Tensor]) -> None:
         super().__init__(solver, node)
         self.latents = latents
+        self.step_hook: StepHook | None = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -184,7 +189,8 @@ class _EditRun(SolverSampler):
                                                         denoise_mask)
         latents = {k: v.to(noise.device) for k, v in self.latents.items()}
         with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
-            out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback))
+            out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback),
+                                     hook=self.step_hook)
         return out.to(torch.float32)
 
 
@@ -219,4 +225,4 @@ def run_inversion(guider: Any, solver: Solver, latent: torch.Tensor, sigmas: tor
 def run_edit(guider: Any, solver: Solver, state: InversionState, node: str) -> torch.Tensor:
     """Run an inverted state back down its own grid through ``guider``; returns a LATENT-space tensor."""
     zeros = torch.zeros(state.shape, dtype=torch.float32)
-    return _sample_through(guider, _EditRun(solver, node, state.latents), zeros, zeros, state.sigmas)
+    return _sample_through(guider, EditRun(solver, node, state.latents), zeros, zeros, state.sigmas)

@@ -1,7 +1,7 @@
 """Pure-torch inversion solvers (no ComfyUI import). See base.py for the interface."""
 
 from .aidi import AIDI
-from .base import Denoiser, Solver, StepCallback
+from .base import Denoiser, Solver, StepCallback, StepHook
 from .bdia import BDIA, bdia_guard
 from .ddim import DDIM
 from .edict import EDICT
@@ -24,6 +24,7 @@ __all__ = [
     "Schedule",
     "Solver",
     "StepCallback",
+    "StepHook",
     "bdia_guard",
     "check_sigmas",
     "lambda_uniform_sigmas",

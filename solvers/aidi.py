@@ -46,7 +46,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, derivative, relabel
+from .base import Denoiser, Solver, StepCallback, StepHook, derivative, relabel
 from .ddim import DDIM
 from .schedule import Schedule
 
@@ -282,7 +282,8 @@ class AIDI(Solver):
         sigmas: Tensor,
         schedule: Schedule,
         callback: StepCallback | None = None,
+        hook: StepHook | None = None,
     ) -> Tensor:
         if "x" not in latents:
             raise ValueError("AIDI latents: missing 'x'")
-        return DDIM(state_dtype=self.state_dtype_name).sample(denoise, latents, sigmas, schedule, callback)
+        return DDIM(state_dtype=self.state_dtype_name).sample(denoise, latents, sigmas, schedule, callback, hook)

@@ -27,6 +27,17 @@ class StepCallback(Protocol):
     def __call__(self, step: int, total: int, x: Tensor, denoised: Tensor | None) -> None: ...
 
 
+class StepHook(Protocol):
+    """Called after each sampling step; returns the state to go on with (e.g. blended or re-noised).
+
+    ``state`` holds the solver's tensors at ``sigmas[step + 1]`` (``"x"``, and EDICT's ``"y"``); BDIA
+    also passes ``"x_prev"``, its state one level up. ``denoised`` is the step's last estimate (None
+    where the step made no model call). Edits with a reconstruction branch use it to pull latents.
+    """
+
+    def __call__(self, step: int, state: dict[str, Tensor], denoised: Tensor | None) -> dict[str, Tensor]: ...
+
+
 STATE_DTYPES: dict[str, torch.dtype] = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -100,9 +111,11 @@ class Solver(ABC):
         sigmas: Tensor,
         schedule: Schedule,
         callback: StepCallback | None = None,
+        hook: StepHook | None = None,
     ) -> Tensor:
         """Run a state from ``sigmas[0]`` down to ``sigmas[-1]``.
 
         ``latents`` is what ``invert`` returned, or just ``{"x": noise_latent}`` for plain
-        generation (solvers with a coupled state start it up themselves).
+        generation (solvers with a coupled state start it up themselves). ``hook`` may replace the
+        state after every step (see ``StepHook``).
         """

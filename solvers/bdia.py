@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, derivative
+from .base import Denoiser, Solver, StepCallback, StepHook, derivative
 from .ddim import ddim_step, inversion_derivative
 from .schedule import Schedule
 
@@ -118,6 +118,7 @@ class BDIA(Solver):
         sigmas: Tensor,
         schedule: Schedule,
         callback: StepCallback | None = None,
+        hook: StepHook | None = None,
     ) -> Tensor:
         if "x" not in latents:
             raise ValueError("BDIA latents: missing 'x'")
@@ -129,14 +130,24 @@ class BDIA(Solver):
         else:  # plain generation: DDIM start-up step (Alg. 1 line 3)
             d, denoised = derivative(denoise, prev, s[0])
             cur = ddim_step(prev, d, s[0], s[1])
+        if hook is not None:
+            prev, cur = self._hooked(hook, 0, prev, cur, denoised)
         if callback is not None:
             callback(0, n, cur, denoised)
         for i in range(1, n):
             nxt, denoised = self._sample_step(denoise, prev, cur, s[i - 1], s[i], s[i + 1], schedule)
             prev, cur = cur, nxt
+            if hook is not None:
+                prev, cur = self._hooked(hook, i, prev, cur, denoised)
             if callback is not None:
                 callback(i, n, cur, denoised)
         return cur
+
+    @staticmethod
+    def _hooked(hook: StepHook, step: int, prev: Tensor, cur: Tensor, denoised: Tensor | None
+                ) -> tuple[Tensor, Tensor]:
+        state = hook(step, {"x": cur, "x_prev": prev}, denoised)
+        return state["x_prev"], state["x"]
 
     def _check_next(self, x_next: Tensor, x: Tensor) -> Tensor:
         if x_next.shape != x.shape:

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, derivative, relabel
+from .base import Denoiser, Solver, StepCallback, StepHook, derivative, relabel
 from .schedule import Schedule
 
 Label = Literal["current", "next"]
@@ -63,7 +63,8 @@ class DDIM(Solver):
                 callback(k, n, x, denoised)
         return {"x": x}
 
-    def sample(self, denoise, latents: dict[str, Tensor], sigmas, schedule, callback=None) -> Tensor:
+    def sample(self, denoise, latents: dict[str, Tensor], sigmas, schedule, callback=None,
+               hook: StepHook | None = None) -> Tensor:
         if "x" not in latents:
             raise ValueError("DDIM latents: missing 'x' (the inverted latent)")
         x, s = self._prepare(latents["x"], sigmas, schedule)
@@ -71,6 +72,8 @@ class DDIM(Solver):
         for i in range(n):
             d, denoised = derivative(denoise, x, s[i])
             x = denoised if s[i + 1] == 0 else ddim_step(x, d, s[i], s[i + 1])
+            if hook is not None:
+                x = hook(i, {"x": x}, denoised)["x"]
             if callback is not None:
                 callback(i, n, x, denoised)
         return x

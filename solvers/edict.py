@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, derivative, relabel
+from .base import Denoiser, Solver, StepCallback, StepHook, derivative, relabel
 from .schedule import Schedule
 
 PRule = Literal["fixed", "scaled"]
@@ -131,6 +131,7 @@ class EDICT(Solver):
         sigmas: Tensor,
         schedule: Schedule,
         callback: StepCallback | None = None,
+        hook: StepHook | None = None,
     ) -> Tensor:
         x_in, y_in = _coupled_pair(latents)
         x, s = self._prepare(x_in, sigmas, schedule)
@@ -141,6 +142,9 @@ class EDICT(Solver):
         p = self.mixing_weight(n)
         for i in range(n):
             x, y, denoised = self._step(denoise, x, y, s[i], s[i + 1], schedule, p, swap=i % 2 == 1)
+            if hook is not None:
+                state = hook(i, {"x": x, "y": y}, denoised)
+                x, y = state["x"], state["y"]
             if callback is not None:
                 callback(i, n, x, denoised)
         return x

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .aidi import solve_fixed_point
-from .base import Denoiser, Solver, StepCallback, derivative
+from .base import Denoiser, Solver, StepCallback, StepHook, derivative
 from .ddim import ddim_step, inversion_derivative
 from .schedule import Schedule
 
@@ -191,6 +191,7 @@ class _EES(Solver):
         sigmas: Tensor,
         schedule: Schedule,
         callback: StepCallback | None = None,
+        hook: StepHook | None = None,
     ) -> Tensor:
         if "x" not in latents:
             raise ValueError(f"{self.name} latents: missing 'x'")
@@ -198,6 +199,8 @@ class _EES(Solver):
         n = len(s) - 1
         for i in range(n):
             x, denoised = self._step(denoise, x, s[i], s[i + 1], schedule, inverse=False)
+            if hook is not None:
+                x = hook(i, {"x": x}, denoised)["x"]
             if callback is not None:
                 callback(i, n, x, denoised)
         return x

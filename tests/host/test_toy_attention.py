@@ -60,7 +60,7 @@ def test_every_text_attention_is_recorded_and_the_output_is_unchanged(node_class
         plain = _invert(node_classes, model, clip, image)
         rec = cap.AttentionRecorder(list(range(T.CONTEXT_LENGTH)))
         patched = _invert(node_classes, cap.patch_recorder(model, rec), clip, image)
-    assert torch.allclose(patched, plain, rtol=0, atol=1e-4 * plain.abs().max())
+    assert torch.equal(patched, plain)  # ComfyUI's own attention output: an exact round trip stays exact
     assert len(rec.records) == 4 * len(sites)
     assert {r.layer for r in rec.records} == {"attn1", "attn2"}
     assert {int(r.maps.shape[-1]) for r in rec.records} == {32, 16, 8}
@@ -89,7 +89,7 @@ def test_an_existing_replace_patch_is_chained_not_clobbered(node_classes, random
     assert len(seen) == 4  # called in both runs
     tol = 1e-4 * alone.abs().max()
     assert (alone - plain).abs().max() > 100 * tol  # the other pack's patch has a visible effect ...
-    assert torch.allclose(both, alone, rtol=0, atol=tol)  # ... which the recorder keeps
+    assert torch.equal(both, alone)  # ... which the recorder keeps
     assert any(r.block == ("middle", 0, 0) for r in rec.records)
 
 
