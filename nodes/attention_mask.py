@@ -17,12 +17,12 @@ from comfy_api.latest import io, ui
 
 from ..solvers import InversionState
 from .attention_capture import AttentionRecorder, normalise, patch_recorder
+from .attention_control import RESOLUTIONS, select_resolution
 from .common import CATEGORY, Inversion, node_id, solver_for_state
 from .model_adapter import run_edit
 from .prompt_words import words_token_positions
 
 NAME = "Attention Mask"
-RESOLUTIONS = ["all", "finest", "2nd finest", "3rd finest", "coarsest"]
 
 
 def _check_guider(guider: Any) -> None:
@@ -41,15 +41,13 @@ def _guider_with_model(guider: Any, model: Any) -> Any:
 
 
 def _resolution_filter(recorder: AttentionRecorder, resolution: str) -> Any:
-    sizes = sorted({r.maps.shape[-2] * r.maps.shape[-1] for r in recorder.records}, reverse=True)
-    if resolution == "all" or not sizes:
+    if resolution == "all":
         return None
-    index = len(sizes) - 1 if resolution == "coarsest" else RESOLUTIONS.index(resolution) - 1
-    if index >= len(sizes):
-        raise ValueError(f"{NAME}: input 'resolution' is {resolution!r} but this model has only {len(sizes)} "
-                         "attention resolutions; pick a coarser one or 'all'")
-    size = sizes[index]
-    return lambda r: r.maps.shape[-2] * r.maps.shape[-1] == size
+    try:
+        chosen = {id(m) for m in select_resolution([r.maps for r in recorder.records], resolution)}
+    except ValueError as err:
+        raise ValueError(f"{NAME}: input 'resolution': {err}") from err
+    return lambda r: id(r.maps) in chosen
 
 
 def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: str, words: str,

@@ -20,6 +20,11 @@ def _token_rows(clip: Any, text: str) -> list[list[int]]:
     return [[int(pair[0]) for pair in chunk] for chunk in tokens[key]]
 
 
+def token_row(clip: Any, text: str) -> list[int]:
+    """Token ids of ``text`` at their context positions (chunks concatenated), as the attention sees them."""
+    return [t for row in _token_rows(clip, text) for t in row]
+
+
 def word_token_positions(clip: Any, prompt: str, word: str) -> list[int]:
     """Context positions (chunks concatenated) of every token of every occurrence of ``word`` in ``prompt``.
 
@@ -29,7 +34,7 @@ def word_token_positions(clip: Any, prompt: str, word: str) -> list[int]:
     pieces = [t for row in _token_rows(clip, word.strip()) for t in row if t not in special]
     if not word.strip() or not pieces:
         raise ValueError(f"word {word!r} has no tokens of its own; give a word of the prompt")
-    flat = [t for row in _token_rows(clip, prompt) for t in row]
+    flat = token_row(clip, prompt)
     n = len(pieces)
     found = [i + k for i in range(len(flat) - n + 1) if flat[i:i + n] == pieces for k in range(n)]
     if not found:

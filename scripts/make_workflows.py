@@ -250,8 +250,107 @@ def toy_invert_edit(prefix: str = "exact_inversion/toy") -> Graph:
     return g
 
 
+def _toy_inputs(g: Graph, with_target: bool = True) -> dict[str, Node]:
+    """Loader, image, prompts and the encoded image of the toy workflows (columns 0 and 1)."""
+    n = {"loader": g.add("ExactInversion_ToyModelLoader", ["toy_model.safetensors"], 0, 0)}
+    clip = n["loader"].out(1)
+    n["image"] = g.add("LoadImage", [TOY_IMAGE, "image"], 0, 1, "Held-out toy image")
+    n["src"] = g.add("CLIPTextEncode", [TOY_SOURCE], 1, 0, "Source prompt (the image's caption)", clip=clip)
+    if with_target:
+        n["tgt"] = g.add("CLIPTextEncode", [TOY_TARGET], 1, 1, "Target prompt", clip=clip)
+    n["neg"] = g.add("CLIPTextEncode", [""], 1, 2, "Negative prompt", clip=clip)
+    n["enc"] = g.add("VAEEncode", [], 1, 3, pixels=n["image"].out(0), vae=n["loader"].out(2))
+    return n
+
+
+def _toy_inversion(g: Graph, n: dict[str, Node], solver_label: str, col: int = 2) -> tuple[Node, Node]:
+    """Source guider (cfg 1), the grid and ``solver_label``'s solver, Invert, Reconstruct and its check."""
+    loader = n["loader"]
+    g_src = g.add("CFGGuider", [1.0], col, 0, "Source guider (inversion)", model=loader.out(0),
+                  positive=n["src"].out(0), negative=n["neg"].out(0))
+    sigmas = g.add("BasicScheduler", ["normal", TOY_STEPS, 1.0], col, 1, model=loader.out(0))
+    _, node_type, widgets = next(s for s in SOLVERS if s[0] == solver_label)
+    solver = g.add(node_type, TOY_SOLVER_WIDGETS.get(solver_label, widgets), col, 2, f"{solver_label} solver")
+    inv = g.add("ExactInversion_Invert", [], col + 1, 0, guider=g_src.out(0), sampler=solver.out(0),
+                sigmas=sigmas.out(0), latent=n["enc"].out(0))
+    recon = g.add("ExactInversion_Edit", [], col + 1, 1, "Reconstruct", guider=g_src.out(0), inversion=inv.out(0))
+    g.add("ExactInversion_RoundTripCheck", [], col + 1, 2, inversion=inv.out(0), result_latent=recon.out(0))
+    return g_src, inv
+
+
+def _blended_widgets(local_blend: bool, eta: float = 0.0, seed: int = 0) -> list[Any]:
+    """Blended Guidance Guider widgets: anchor 'red' (the circle's colour, the edit region); threshold,
+    sharpness, resolution and injection at the node's defaults."""
+    import nodes as comfy_nodes
+
+    spec = comfy_nodes.NODE_CLASS_MAPPINGS["ExactInversion_BlendedGuidance"].INPUT_TYPES()["required"]
+    default = {name: spec[name][1]["default"] for name in ("threshold", "sharpness", "resolution", "injection")}
+    return [TOY_SOURCE, TOY_TARGET, "red", "edit region", 1.0, TOY_CFG_EDIT, default["threshold"],
+            default["sharpness"], default["resolution"], default["injection"], True, local_blend, eta, seed, "fixed"]
+
+
+def _decode_save(g: Graph, n: dict[str, Node], latent: Ref, col: int, row: int, label: str, prefix: str) -> None:
+    dec = g.add("VAEDecode", [], col, row, f"decode {label}", samples=latent, vae=n["loader"].out(2))
+    g.add("SaveImage", [f"{prefix}/{label.replace(' ', '_')}"], col + 1, row, f"save {label}", images=dec.out(0))
+
+
+def toy_attention_mask(prefix: str = "exact_inversion/toy_mask") -> Graph:
+    """Where is 'red', where is 'green'? Attention masks of the inverted toy image, previewed and saved."""
+    g = Graph()
+    n = _toy_inputs(g, with_target=False)
+    g_src, inv = _toy_inversion(g, n, "EDICT")
+    for row, word in enumerate(("red", "green")):
+        mask = g.add("ExactInversion_AttentionMask", [TOY_SOURCE, word, "all", 0.0, 1.0], 4, row,
+                     f"Attention mask: {word}", guider=g_src.out(0), inversion=inv.out(0), clip=n["loader"].out(1))
+        g.add("MaskPreview", [], 5, row, f"preview: {word}", mask=mask.out(0))
+        image = g.add("MaskToImage", [], 6, row, mask=mask.out(0))
+        g.add("SaveImage", [f"{prefix}/{word}"], 7, row, f"save mask: {word}", images=image.out(0))
+    return g
+
+
+def toy_blended_edit(prefix: str = "exact_inversion/toy_blended") -> Graph:
+    """The same edit twice from one EDICT inversion: plain CFG, and blended guidance with local blend."""
+    g = Graph()
+    n = _toy_inputs(g)
+    _, inv = _toy_inversion(g, n, "EDICT")
+    loader = n["loader"]
+    g_plain = g.add("CFGGuider", [TOY_CFG_EDIT], 4, 0, "Plain guider (edit)", model=loader.out(0),
+                    positive=n["tgt"].out(0), negative=n["neg"].out(0))
+    g_blend = g.add("ExactInversion_BlendedGuidance", _blended_widgets(local_blend=True), 4, 1,
+                    "Blended guidance (anchor: red)", model=loader.out(0), source_positive=n["src"].out(0),
+                    target_positive=n["tgt"].out(0), negative=n["neg"].out(0), clip=loader.out(1))
+    plain = g.add("ExactInversion_Edit", [], 5, 0, "Edit: plain", guider=g_plain.out(0), inversion=inv.out(0))
+    blend = g.add("ExactInversion_Edit", [], 5, 1, "Edit: blended", guider=g_blend.out(0), inversion=inv.out(0))
+    _decode_save(g, n, plain.out(0), 6, 0, "plain edit", prefix)
+    _decode_save(g, n, blend.out(0), 6, 1, "blended edit", prefix)
+    return g
+
+
+TOY_VARIANT_SEEDS = (1, 2, 3)
+TOY_VARIANT_ETA = 0.5
+
+
+def toy_stochastic_variants(prefix: str = "exact_inversion/toy_variants") -> Graph:
+    """Stochastic editing: one DDIM inversion, three seeded variants of the blended edit (noise inside the mask)."""
+    g = Graph()
+    n = _toy_inputs(g)
+    _, inv = _toy_inversion(g, n, "DDIM")
+    loader = n["loader"]
+    for row, seed in enumerate(TOY_VARIANT_SEEDS):
+        guider = g.add("ExactInversion_BlendedGuidance", _blended_widgets(True, TOY_VARIANT_ETA, seed), 4, row,
+                       f"Blended guidance, seed {seed}", model=loader.out(0), source_positive=n["src"].out(0),
+                       target_positive=n["tgt"].out(0), negative=n["neg"].out(0), clip=loader.out(1))
+        edit = g.add("ExactInversion_Edit", [], 5, row, f"Edit: variant {seed}", guider=guider.out(0),
+                     inversion=inv.out(0))
+        _decode_save(g, n, edit.out(0), 6, row, f"variant {seed}", prefix)
+    return g
+
+
 WORKFLOWS = {
     "toy_invert_edit.json": lambda: toy_invert_edit(),
+    "toy_attention_mask.json": lambda: toy_attention_mask(),
+    "toy_blended_edit.json": lambda: toy_blended_edit(),
+    "toy_stochastic_variants.json": lambda: toy_stochastic_variants(),
     "ddim_invert_edit.json": lambda: sd15_invert_edit(),
     "edict_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EDICTSolver", [0.93, "fixed", "float64"],
                                                        "exact_inversion/edict"),

@@ -1,0 +1,153 @@
+"""Cross-attention control for a two-branch edit: record the reconstruction branch, inject into the target.
+
+Why: blended guidance (AIDI §3.3) and prompt-to-prompt run a reconstruction branch (source prompt)
+next to the target branch (edited prompt). The reconstruction branch's attention tells where the anchor
+word is (the mask), and for the first steps the target branch reuses its attention probabilities, so
+the object keeps its shape and place while its words change (P2P word swap / refinement).
+
+The guider switches ``phase`` around each model call: "record" (reconstruction branch: outputs are
+ComfyUI's own, bit for bit), "inject" (target branch: the positive prompt's probabilities of aligned
+tokens come from the reconstruction) or "off".
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .attention_capture import (
+    attend_with,
+    attention_probabilities,
+    spatial_grid,
+    stock_attention,
+    text_attention_sites,
+    values_from_context,
+)
+
+SiteKey = tuple[str, str, int, int]  # (layer, block name, block number, transformer index)
+
+
+def token_alignment(source: Sequence[int], target: Sequence[int]) -> list[int]:
+    """For each target context position, the source position whose attention it takes, or -1 (its own).
+
+    Equal runs align one to one; a replaced run of the same length (a word swap: "red" -> "blue") too.
+    Inserted tokens, and replaced runs of another length, keep their own attention (P2P refinement).
+    """
+    out = [-1] * len(target)
+    matcher = difflib.SequenceMatcher(None, list(source), list(target), autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal" or (tag == "replace" and i2 - i1 == j2 - j1):
+            for k in range(j2 - j1):
+                out[j1 + k] = i1 + k
+    return out
+
+
+@dataclass
+class AttentionControl:
+    """State shared by the patched attention layers and the guider during one edit."""
+
+    anchor_positions: list[int]  # source context positions of the anchor word
+    alignment: list[int]  # target position -> source position (-1: own), from token_alignment
+    inject: bool = False
+    phase: str = "off"
+    #: per site, the reconstruction branch's positive-prompt probabilities of this evaluation
+    recorded: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    #: per site, this evaluation's anchor map (batch, h, w), mean over heads and anchor tokens
+    anchor_maps: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+
+    def begin_evaluation(self) -> None:
+        self.recorded.clear()
+        self.anchor_maps.clear()
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict[str, Any], site: SiteKey,
+               prev: Any = None) -> torch.Tensor:
+        if self.phase == "record":
+            self._record(q, k, extra, site)
+        elif self.phase == "inject" and self.inject and site in self.recorded:
+            return self._inject(q, k, v, extra, site, prev)
+        return prev(q, k, v, extra) if prev is not None else stock_attention(q, k, v, extra)
+
+    def _positive_rows(self, q: torch.Tensor, extra: dict[str, Any]) -> slice | None:
+        kinds = list(extra.get("cond_or_uncond", [0]))
+        if 0 not in kinds:
+            return None
+        chunk = q.shape[0] // max(1, len(kinds))
+        i = kinds.index(0)
+        return slice(i * chunk, (i + 1) * chunk)
+
+    def _record(self, q: torch.Tensor, k: torch.Tensor, extra: dict[str, Any], site: SiteKey) -> None:
+        rows = self._positive_rows(q, extra)
+        if rows is None:
+            return
+        probs = attention_probabilities(q[rows], k[rows], extra)  # B, heads, HW, tokens
+        if self.inject:
+            self.recorded[site] = probs
+        h, w = spatial_grid(extra, probs.shape[2])
+        anchor = probs[..., self.anchor_positions].sum(-1).mean(1)  # B, HW: sum over the word's tokens
+        self.anchor_maps[site] = anchor.reshape(-1, h, w)
+
+    def _inject(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict[str, Any], site: SiteKey,
+                prev: Any) -> torch.Tensor:
+        out = prev(q, k, v, extra) if prev is not None else stock_attention(q, k, v, extra)
+        rows = self._positive_rows(q, extra)
+        source = self.recorded[site]
+        if rows is None or q[rows].shape[0] != source.shape[0]:
+            return out
+        own = attention_probabilities(q[rows], k[rows], extra)
+        index = torch.tensor(self.alignment[:own.shape[-1]] + [-1] * max(0, own.shape[-1] - len(self.alignment)),
+                             device=own.device)
+        index = torch.where(index < source.shape[-1], index, torch.full_like(index, -1))
+        taken = source[..., index.clamp_min(0)]
+        mixed = torch.where(index >= 0, taken, own)
+        out = out.clone()
+        out[rows] = attend_with(mixed, v[rows], extra).to(out.dtype)
+        return out
+
+    def anchor_map(self, size: tuple[int, int], resolution: str) -> torch.Tensor | None:
+        """(batch, 1, H, W) mean anchor attention of this evaluation over the chosen layers, or None."""
+        if not self.anchor_maps:
+            return None
+        chosen = select_resolution(list(self.anchor_maps.values()), resolution)
+        up = [F.interpolate(m.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False) for m in chosen]
+        return torch.stack(up).mean(0)
+
+
+RESOLUTIONS = ["all", "finest", "2nd finest", "3rd finest", "coarsest"]
+
+
+def select_resolution(maps: list[torch.Tensor], resolution: str) -> list[torch.Tensor]:
+    """The maps of one attention resolution (by rank, finest first), or all; refuses a rank the model lacks."""
+    if resolution == "all":
+        return maps
+    sizes = sorted({m.shape[-2] * m.shape[-1] for m in maps}, reverse=True)
+    index = len(sizes) - 1 if resolution == "coarsest" else RESOLUTIONS.index(resolution) - 1
+    if index >= len(sizes):
+        raise ValueError(f"resolution {resolution!r} does not exist: this model has {len(sizes)} attention "
+                         "resolutions; pick a coarser one or 'all'")
+    return [m for m in maps if m.shape[-2] * m.shape[-1] == sizes[index]]
+
+
+def patch_control(model: Any, control: AttentionControl) -> Any:
+    """A clone of ``model`` whose text-attention layers run through ``control`` (chaining existing patches)."""
+    m = model.clone()
+    existing = m.model_options.get("transformer_options", {}).get("patches_replace", {})
+    sites = text_attention_sites(m.model.diffusion_model)
+    if any(layer == "attn1" for layer, *_ in sites):
+        m.set_model_attn1_patch(values_from_context)  # see attention_capture.patch_recorder
+    for layer, name, number, index in sites:
+        prev = existing.get(layer, {}).get((name, number, index)) or existing.get(layer, {}).get((name, number))
+        key = (layer, name, number, index)
+
+        def fn(q: Any, k: Any, v: Any, extra: Any, key: SiteKey = key, prev: Any = prev) -> Any:
+            return control.attend(q, k, v, extra, key, prev)
+
+        if layer == "attn1":
+            m.set_model_attn1_replace(fn, name, number, index)
+        else:
+            m.set_model_attn2_replace(fn, name, number, index)
+    return m
