@@ -30,6 +30,7 @@ from .attention_capture import (
 )
 
 SiteKey = tuple[str, str, int, int]  # (layer, block name, block number, transformer index)
+JOINT_CHUNK = 256  # image queries per softmax chunk on joint-attention models
 
 
 def token_alignment(source: Sequence[int], target: Sequence[int]) -> list[int]:
@@ -59,6 +60,8 @@ class AttentionControl:
     recorded: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     #: per site, this evaluation's anchor map (batch, h, w), mean over heads and anchor tokens
     anchor_maps: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
+    #: joint-attention (Flux-style) models only: the image's token grid, set by the guider per call
+    image_grid: tuple[int, int] | None = None
 
     def begin_evaluation(self) -> None:
         self.recorded.clear()
@@ -71,6 +74,28 @@ class AttentionControl:
         elif self.phase == "inject" and self.inject and site in self.recorded:
             return self._inject(q, k, v, extra, site, prev)
         return prev(q, k, v, extra) if prev is not None else stock_attention(q, k, v, extra)
+
+    def record_joint(self, q: torch.Tensor, k: torch.Tensor, options: dict[str, Any]) -> None:
+        """Anchor map from a joint attention over [text; image] tokens (q, k: batch, heads, tokens, dim).
+
+        The image queries' probabilities of the anchor's text keys, computed in chunks of queries so the
+        full (tokens x tokens) matrix never exists; only the map is kept.
+        """
+        if self.image_grid is None or q.ndim != 4:
+            return
+        h, w = self.image_grid
+        text = q.shape[2] - h * w
+        rows = self._positive_rows(q, options)
+        if rows is None or text <= max(self.anchor_positions):
+            return
+        queries, keys = q[rows, :, text:].float(), k[rows].float()
+        scale = queries.shape[-1] ** -0.5
+        parts = []
+        for start in range(0, h * w, JOINT_CHUNK):
+            probs = torch.softmax(queries[:, :, start:start + JOINT_CHUNK] @ keys.transpose(-1, -2) * scale, dim=-1)
+            parts.append(probs[..., self.anchor_positions].sum(-1).mean(1))
+        site = ("joint", str(options.get("block_type", "?")), int(options.get("block_index", -1)), 0)
+        self.anchor_maps[site] = torch.cat(parts, dim=-1).reshape(-1, h, w)
 
     def _positive_rows(self, q: torch.Tensor, extra: dict[str, Any]) -> slice | None:
         kinds = list(extra.get("cond_or_uncond", [0]))
@@ -132,8 +157,15 @@ def select_resolution(maps: list[torch.Tensor], resolution: str) -> list[torch.T
     return [m for m in maps if m.shape[-2] * m.shape[-1] == sizes[index]]
 
 
+def is_joint_attention_model(diffusion_model: Any) -> bool:
+    """Flux-style DiT: text and image tokens attend jointly in double and single stream blocks."""
+    return hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks")
+
+
 def patch_control(model: Any, control: AttentionControl) -> Any:
     """A clone of ``model`` whose text-attention layers run through ``control`` (chaining existing patches)."""
+    if is_joint_attention_model(model.model.diffusion_model):
+        return _patch_joint(model, control)
     m = model.clone()
     existing = m.model_options.get("transformer_options", {}).get("patches_replace", {})
     sites = text_attention_sites(m.model.diffusion_model)
@@ -150,4 +182,21 @@ def patch_control(model: Any, control: AttentionControl) -> Any:
             m.set_model_attn1_replace(fn, name, number, index)
         else:
             m.set_model_attn2_replace(fn, name, number, index)
+    return m
+
+
+def _patch_joint(model: Any, control: AttentionControl) -> Any:
+    """Joint-attention models: ComfyUI's ``optimized_attention_override`` sees every attention call with its
+    block in the transformer options; recording reads q and k and leaves the call (and its output) alone.
+    An override another pack set is chained."""
+    m = model.clone()
+    options = m.model_options.setdefault("transformer_options", {})
+    prev = options.get("optimized_attention_override")
+
+    def override(func: Any, *args: Any, **kwargs: Any) -> Any:
+        if control.phase == "record" and kwargs.get("skip_reshape", False):
+            control.record_joint(args[0], args[1], kwargs.get("transformer_options") or {})
+        return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
+
+    options["optimized_attention_override"] = override
     return m

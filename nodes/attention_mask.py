@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 
 from ..solvers import InversionState
 from .attention_capture import AttentionRecorder, normalise, patch_recorder
-from .attention_control import RESOLUTIONS, select_resolution
+from .attention_control import RESOLUTIONS, is_joint_attention_model, select_resolution
 from .common import CATEGORY, Inversion, node_id, solver_for_state
 from .model_adapter import run_edit
 from .prompt_words import words_token_positions
@@ -61,6 +61,9 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
         positions = words_token_positions(clip, prompt, words)
     except ValueError as err:
         raise ValueError(f"{NAME}: input 'words': {err}") from err
+    if is_joint_attention_model(guider.model_patcher.model.diffusion_model):
+        raise ValueError(f"{NAME}: input 'guider' has a joint-attention (Flux-style) model, which this node does not "
+                         "read yet; the Blended Guidance Guider computes its anchor mask on such models")
     tokens = sorted({p for ps in positions.values() for p in ps})
     recorder = AttentionRecorder(tokens)
     patched = patch_recorder(guider.model_patcher, recorder)

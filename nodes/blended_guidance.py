@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from comfy_api.latest import io
 
 from ..solvers import Schedule
-from .attention_control import RESOLUTIONS, AttentionControl, patch_control, token_alignment
+from .attention_control import (
+    RESOLUTIONS,
+    AttentionControl,
+    is_joint_attention_model,
+    patch_control,
+    token_alignment,
+)
 from .common import CATEGORY, node_id
 from .model_adapter import EditRun, schedule_for_sampling
 from .prompt_words import token_row, word_token_positions
@@ -114,6 +120,11 @@ class BlendedGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher: Any, settings: BlendSettings, anchor_positions: list[int],
                  alignment: list[int]) -> None:
         self.settings = settings
+        diffusion_model = model_patcher.model.diffusion_model
+        self.patch_size = int(getattr(diffusion_model, "patch_size", 1))
+        if is_joint_attention_model(diffusion_model) and settings.injection > 0:
+            raise ValueError(f"{NAME}: input 'injection' must be 0 for joint-attention (Flux-style) models: "
+                             "prompt-to-prompt injection is implemented for UNet cross-attention only")
         self.control = AttentionControl(anchor_positions, alignment, inject=settings.injection > 0)
         super().__init__(patch_control(model_patcher, self.control))
         self.cfg = settings.cfg
@@ -147,6 +158,7 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         assert run is not None, "BlendedGuider.predict_noise outside sample()"
         b = run.batch
         control.begin_evaluation()
+        control.image_grid = (-(-x.shape[-2] // self.patch_size), -(-x.shape[-1] // self.patch_size))
         control.phase = "record"
         rec = comfy.samplers.sampling_function(self.inner_model, x[:b], timestep[:b], self.conds.get("negative"),
                                                self.conds.get("positive"), s.cfg, model_options=model_options,

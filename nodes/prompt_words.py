@@ -11,12 +11,17 @@ from typing import Any
 
 
 def _token_rows(clip: Any, text: str) -> list[list[int]]:
-    """Token ids per context chunk of ``text`` for the tokenizer whose positions the UNet sees.
+    """Token ids per context chunk of ``text`` for the tokenizer whose positions the model sees.
 
-    SDXL tokenizes twice ("g" and "l") with the same layout; any one is fine, "l" is taken when present.
+    SDXL tokenizes twice ("g" and "l") with the same layout; "l" is taken when present. SD3's context
+    starts with that CLIP part too. Flux's context is T5's alone ("t5xxl" beside an "l" used only for the
+    pooled vector), so T5 is taken when there is no "g".
     """
     tokens = clip.tokenize(text)
-    key = "l" if "l" in tokens else sorted(tokens)[0]
+    if "t5xxl" in tokens and "g" not in tokens:
+        key = "t5xxl"
+    else:
+        key = "l" if "l" in tokens else sorted(tokens)[0]
     return [[int(pair[0]) for pair in chunk] for chunk in tokens[key]]
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import guider as cfg_guider
 from test_toy_model import load_random_toy, loader_module
-from tiny import image_tensor, make_clip, make_controlnet, make_model
+from tiny import image_tensor, make_clip, make_controlnet, make_flux_cond, make_flux_model, make_model
 
 from toyworld import judge as J
 from toyworld import world as W
@@ -214,6 +214,53 @@ def test_sd1_shaped_model_with_a_controlnet(node_classes, host):
     assert torch.isfinite(out).all() and rel(out, latent["samples"]) > 1e-3
     positions = pack("prompt_words").word_token_positions(clip, source, "dog")
     assert b.control.anchor_positions == positions == [5]  # BOS, a, photo, of, a, dog
+
+
+# --- Flux-style joint attention (a tiny DiT in ComfyUI's Flux classes) ----------------------------------------
+
+
+class T5OnlyClip:
+    """Flux's tokenizer without its encoders: what the guider needs of a CLIP (conditionings are hand-made)."""
+
+    def __init__(self) -> None:
+        import comfy.text_encoders.flux
+
+        self.tokenizer = comfy.text_encoders.flux.FluxTokenizer()
+
+    def tokenize(self, text: str, **kw):
+        return self.tokenizer.tokenize_with_weights(text, **kw)
+
+
+def test_flux_shaped_model_gets_anchor_maps_from_joint_attention(node_classes, host):
+    nodes, model, clip = node_classes, make_flux_model(0), T5OnlyClip()
+    source, target = "a photo of a dog on grass", "a photo of a cat on grass"
+    pos, tgt, neg = make_flux_cond(1), make_flux_cond(2), make_flux_cond(3)
+    g = cfg_guider(nodes, model, pos, neg, 1.0)
+    sig = nodes["BasicScheduler"].execute(model=model, scheduler="simple", steps=4, denoise=1.0).result[0]
+    sampler = nodes["ExactInversion_EDICTSolver"].execute(p=0.93, p_rule="fixed", state_dtype="float64").result[0]
+    latent = {"samples": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(4))}
+    with torch.inference_mode():
+        inv = nodes["ExactInversion_Invert"].execute(guider=g, sampler=sampler, sigmas=sig, latent=latent).result[0]
+    plain = edit(nodes, g, inv)
+
+    def flux_blended(**kw):
+        return nodes[NODE].execute(model=model, source_positive=pos, target_positive=tgt, negative=neg, clip=clip,
+                                   source_prompt=source, target_prompt=target, anchor="dog", cfg=1.0,
+                                   target_cfg=5.0, **kw).result[0]
+
+    with pytest.raises(ValueError, match="input 'injection' must be 0 for joint-attention"):
+        flux_blended()
+    b = flux_blended(injection=0.0, local_blend=True)
+    out = edit(nodes, b, inv)
+    assert torch.equal(b.last_reconstruction, plain)  # recording leaves the attention calls alone
+    assert rel(plain, latent["samples"]) < 1e-6  # EDICT is exact on the flow DiT too
+    assert b.control.anchor_positions == [6]  # T5: "▁a" is two pieces, so "dog" is the 7th token
+    run = b.edit_pass
+    assert run.maps == 2 * 4 and tuple(run.map_sum.shape) == (1, 1, 8, 8)  # EDICT: 2 evaluations per step
+    with pytest.raises(ValueError, match="Attention Mask: input 'guider' has a joint-attention"):
+        nodes["ExactInversion_AttentionMask"].execute(guider=g, inversion=inv, clip=clip, prompt=source, words="dog")
+    uniform = edit(nodes, flux_blended(injection=0.0, blended_guidance=False), inv)
+    assert rel(out, uniform) > 1e-3 and torch.isfinite(out).all()
 
 
 # --- quality on the shipped model ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
 import comfy.sd1_clip
+import comfy.supported_models
 import comfy.supported_models_base
 import numpy as np
 import torch
@@ -36,6 +37,14 @@ TINY_UNET_CONFIG = {
 TINY_CLIP_CONFIG = {  # overrides of ComfyUI's sd1_clip_config.json (CLIP-L) for a 1-layer, 64-wide encoder
     "hidden_size": CONTEXT_DIM, "intermediate_size": 128, "num_attention_heads": 2,
     "num_hidden_layers": 1, "projection_dim": CONTEXT_DIM,
+}
+
+#: a Flux-shaped DiT (double and single stream blocks, joint attention over [text; image] tokens, RoPE,
+#: 2x2 patches, flow prediction) at 32 wide; hand-made CONDITIONINGs carry a 16-wide context and an 8-wide pool
+TINY_FLUX_CONFIG = {
+    "image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": 8, "context_in_dim": 16,
+    "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1, "depth_single_blocks": 1,
+    "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True, "guidance_embed": False,
 }
 
 TINY_VAE_DDCONFIG = {
@@ -80,6 +89,23 @@ def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model
     base.diffusion_model.to(dtype)
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
+
+
+def make_flux_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A tiny Flux-shaped flow DiT as a MODEL (ComfyUI's own Flux classes, seeded random weights)."""
+    cfg = comfy.supported_models.Flux(dict(TINY_FLUX_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    base = cfg.get_model({})
+    init_weights(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def make_flux_cond(seed: int = 0, tokens: int = 256) -> list:
+    """A Flux CONDITIONING by hand: a random T5-length context and pooled vector for the tiny Flux."""
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randn(1, tokens, TINY_FLUX_CONFIG["context_in_dim"], generator=g)
+    return [[context, {"pooled_output": torch.randn(1, TINY_FLUX_CONFIG["vec_in_dim"], generator=g)}]]
 
 
 def make_clip(seed: int = 0) -> comfy.sd.CLIP:
