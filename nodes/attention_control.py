@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_capture import (
+    AttentionRecord,
     attend_with,
     attention_probabilities,
     spatial_grid,
@@ -62,6 +63,8 @@ class AttentionControl:
     anchor_maps: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     #: joint-attention (Flux-style) models only: the image's token grid, set by the guider per call
     image_grid: tuple[int, int] | None = None
+    #: when a list, every joint-attention anchor map is also kept here with its sigma (Attention Mask)
+    history: list[AttentionRecord] | None = None
 
     def begin_evaluation(self) -> None:
         self.recorded.clear()
@@ -96,6 +99,11 @@ class AttentionControl:
             parts.append(probs[..., self.anchor_positions].sum(-1).mean(1))
         site = ("joint", str(options.get("block_type", "?")), int(options.get("block_index", -1)), 0)
         self.anchor_maps[site] = torch.cat(parts, dim=-1).reshape(-1, h, w)
+        if self.history is not None:
+            sigmas = options.get("sigmas")
+            sigma = float(sigmas.flatten()[0]) if sigmas is not None else float("nan")
+            self.history.append(AttentionRecord(site[1:], "joint", sigma, 0,
+                                                self.anchor_maps[site].unsqueeze(1).detach().cpu()))
 
     def _positive_rows(self, q: torch.Tensor, extra: dict[str, Any]) -> slice | None:
         kinds = list(extra.get("cond_or_uncond", [0]))

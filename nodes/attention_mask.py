@@ -17,7 +17,13 @@ from comfy_api.latest import io, ui
 
 from ..solvers import InversionState
 from .attention_capture import AttentionRecorder, normalise, patch_recorder
-from .attention_control import RESOLUTIONS, is_joint_attention_model, select_resolution
+from .attention_control import (
+    RESOLUTIONS,
+    AttentionControl,
+    is_joint_attention_model,
+    patch_control,
+    select_resolution,
+)
 from .common import CATEGORY, Inversion, node_id, solver_for_state
 from .model_adapter import run_edit
 from .prompt_words import words_token_positions
@@ -61,18 +67,22 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
         positions = words_token_positions(clip, prompt, words)
     except ValueError as err:
         raise ValueError(f"{NAME}: input 'words': {err}") from err
-    if is_joint_attention_model(guider.model_patcher.model.diffusion_model):
-        raise ValueError(f"{NAME}: input 'guider' has a joint-attention (Flux-style) model, which this node does not "
-                         "read yet; the Blended Guidance Guider computes its anchor mask on such models")
     tokens = sorted({p for ps in positions.values() for p in ps})
     recorder = AttentionRecorder(tokens)
-    patched = patch_recorder(guider.model_patcher, recorder)
+    diffusion_model = guider.model_patcher.model.diffusion_model
+    if is_joint_attention_model(diffusion_model):  # Flux-style: maps of the words' tokens summed, per block
+        patch = int(getattr(diffusion_model, "patch_size", 1))
+        control = AttentionControl(tokens, [], phase="record", history=recorder.records,
+                                   image_grid=tuple(-(-s // patch) for s in inversion.shape[-2:]))
+        patched = patch_control(guider.model_patcher, control)
+    else:
+        patched = patch_recorder(guider.model_patcher, recorder)
     solver = solver_for_state(inversion, NAME)
     run_edit(_guider_with_model(guider, patched), solver, inversion, NAME)
     sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # the reconstruction's steps, noisy first
     if not sigmas:
         raise ValueError(f"{NAME}: no cross-attention was recorded; the guider's model has no text attention "
-                         "(UNet models with cross-attention are supported)")
+                         "(UNet models with cross-attention and Flux-style joint attention are supported)")
     first, last = int(start * len(sigmas)), max(int(start * len(sigmas)) + 1, round(end * len(sigmas)))
     chosen_sigmas = set(sigmas[first:last])
     by_resolution = _resolution_filter(recorder, resolution)

@@ -4,8 +4,10 @@ Runs ``workflows/toy_invert_edit.json`` in-process (PromptExecutor) unchanged: t
 Model* node loads ``models/toy_model.safetensors`` (trained by scripts/train_toy.py), LoadImage reads
 ``workflows/toy_example.png`` (held-out image 0, "a red circle on a green background"), and each solver
 inverts it with its caption (cfg 1), reconstructs it, and edits it to "a yellow circle on a green
-background" (cfg 4). The outputs are judged against the image's exact mask (toyworld.judge). Then the
-DDIM round trip is measured on eps, v-prediction and flow versions of a tiny SD1-shaped model.
+background" (cfg 4). The outputs are judged against the image's exact mask (toyworld.judge). Then
+``toy_attention_mask.json`` and ``toy_blended_edit.json`` run the same way (the word 'red' as a mask; a
+plain and a blended-guidance edit from one EDICT inversion), and the DDIM round trip is measured on eps,
+v-prediction and flow versions of a tiny SD1-shaped model.
 
 Usage: scripts/py scripts/demo.py [--out demo_output]
 """
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO)]
 
 WORKFLOW = REPO / "workflows" / "toy_invert_edit.json"
+BLENDED_WORKFLOWS = (REPO / "workflows" / "toy_attention_mask.json", REPO / "workflows" / "toy_blended_edit.json")
 MODEL = REPO / "models" / "toy_model.safetensors"
 TARGET = ("circle", "yellow", "green")  # the workflow's target prompt, as (shape, shape colour, background)
 
@@ -72,6 +75,54 @@ def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
     for entry in results.values():
         entry["images"]["input"] = out / "input.png"
     return results, wall
+
+
+def run_saved_images(workflow: Path, out: Path, names: dict[str, str]) -> tuple[dict[str, Path], float]:
+    """Run a workflow unchanged; copy the image of each SaveImage titled as a key of ``names`` to out/<name>."""
+    import comfyhost
+    from workflow_api import comfy_input_types, ui_to_api
+
+    booted = comfyhost.boot()
+    ui = json.loads(workflow.read_text())
+    prompt = ui_to_api(ui, comfy_input_types({n["type"] for n in ui["nodes"]}))
+    t0 = time.perf_counter()
+    outputs = comfyhost.run_prompt(prompt)
+    wall = time.perf_counter() - t0
+    saved: dict[str, Path] = {}
+    for node_id, node_out in outputs.items():
+        name = names.get(prompt[node_id]["_meta"]["title"])
+        if name is not None and prompt[node_id]["class_type"] == "SaveImage":
+            img = node_out["images"][0]
+            saved[name] = out / name
+            shutil.copy(Path(booted["work"]) / "output" / img["subfolder"] / img["filename"], saved[name])
+    missing = set(names.values()) - set(saved)
+    if missing:
+        raise SystemExit(f"{workflow.name} saved no image for {sorted(missing)}")
+    return saved, wall
+
+
+def blended_results(out: Path) -> tuple[dict[str, Any], float]:
+    """The attention-mask and blended-edit workflows: the 'red' mask, plain vs blended edit, judged."""
+    from toyworld import judge as J
+    from toyworld import world as W
+
+    masks, wall_mask = run_saved_images(BLENDED_WORKFLOWS[0], out, {"save mask: red": "mask_red.png"})
+    edits, wall_edit = run_saved_images(BLENDED_WORKFLOWS[1], out, {"save plain edit": "edict_plain_edit.png",
+                                                                    "save blended edit": "edict_blended_edit.png"})
+    source = W.held_out(1)
+    src, obj = load_png(REPO / "workflows" / "toy_example.png"), source.hard.bool()
+    mask = load_png(masks["mask_red.png"])[:, :1] > 0
+    res: dict[str, Any] = {"mask_iou": float(J.iou(mask, obj)[0]), "all_ones_iou": float(obj.float().mean()),
+                           "images": {"input": out / "input.png", "mask 'red'": masks["mask_red.png"],
+                                      "plain edit": edits["edict_plain_edit.png"],
+                                      "blended edit": edits["edict_blended_edit.png"]}}
+    target_fg = W.COLOURS.index(TARGET[1])
+    for kind in ("plain edit", "blended edit"):
+        edit = load_png(res["images"][kind])
+        res[kind] = {"edit_success": bool(J.colour_edit(edit, source.hard, target_fg)["success"][0]),
+                     "background_psnr": float(J.psnr_outside(edit, src, source.hard)[0]),
+                     "shape_iou": float(J.shape_iou(edit, source.hard)[0])}
+    return res, wall_mask + wall_edit
 
 
 def judge_results(results: dict[str, dict[str, Any]]) -> None:
@@ -124,11 +175,12 @@ def roundtrip_table() -> list[dict]:
     return rows
 
 
-def comparison_grid(results: dict[str, dict[str, Any]], path: Path) -> None:
-    """One row per solver: input | reconstruction | edit, each 32x32 image shown at 128x128."""
+def comparison_grid(results: dict[str, dict[str, Any]], path: Path,
+                    order: tuple[str, ...] = ("input", "reconstruction", "edit")) -> None:
+    """One row per entry: its images in ``order``, each 32x32 image shown at 128x128."""
     from PIL import Image, ImageDraw
 
-    order, tile, left, head = ["input", "reconstruction", "edit"], 128, 60, 16
+    tile, left, head = 128, 60, 16
     grid = Image.new("RGB", (left + tile * len(order), (tile + head) * len(results)), "white")
     draw = ImageDraw.Draw(grid)
     for row, (label, result) in enumerate(results.items()):
@@ -152,10 +204,14 @@ def main() -> None:
     results, wall = run_workflow(args.out)
     judge_results(results)
     comparison_grid(results, args.out / "grid.png")
+    blended, wall_blended = blended_results(args.out)
+    comparison_grid({"EDICT": blended}, args.out / "blended_grid.png", tuple(blended["images"]))
     rows = roundtrip_table()
     (args.out / "roundtrip.json").write_text(json.dumps(rows, indent=1))
     (args.out / "toy_results.json").write_text(json.dumps(
         {k: {f: v for f, v in r.items() if f != "images"} for k, r in results.items()}, indent=1))
+    (args.out / "blended_results.json").write_text(json.dumps(
+        {k: v for k, v in blended.items() if k != "images"}, indent=1))
 
     lines = [
         "# Exact Inversion demo report", "",
@@ -176,6 +232,17 @@ def main() -> None:
         *[f"| {k} | {r['recon_psnr']:.1f} | {'yes' if r['edit_success'] else 'no'} | {r['background_psnr']:.1f} | "
           f"{r['judge_reads']} | {r['report']} |" for k, r in results.items()], "",
         "For the whole held-out set (24 images, two edits each) run `scripts/py bench/edit_quality.py`.", "",
+        "## Keeping the edit local: attention mask and blended guidance", "",
+        f"`workflows/toy_attention_mask.json` and `workflows/toy_blended_edit.json` ran in {wall_blended:.1f} s: the "
+        "*Attention Mask* of the word 'red' (`mask_red.png`), and from one EDICT inversion the same edit twice, "
+        "with a plain CFG guider and with the *Blended Guidance Guider* (anchor 'red', local blend on; "
+        "`edict_plain_edit.png`, `edict_blended_edit.png`; `blended_grid.png`: input | mask | plain | blended).", "",
+        f"Mask IoU with the exact object mask (thresholded at 0.5): {blended['mask_iou']:.3f} (an all-ones mask: "
+        f"{blended['all_ones_iou']:.3f}).", "",
+        "| edit | success | background PSNR dB | shape IoU |", "|---|---|---|---|",
+        *[f"| {k} | {'yes' if blended[k]['edit_success'] else 'no'} | {blended[k]['background_psnr']:.1f} | "
+          f"{blended[k]['shape_iou']:.2f} |" for k in ("plain edit", "blended edit")], "",
+        "For 24 images, four solvers and four modes run `scripts/py bench/attention.py`.", "",
         "DDIM invert -> reconstruct with the same guider on a tiny random SD1-shaped model, as eps, v-prediction "
         "and flow (`roundtrip.json`, latent space):", "",
         "| model | steps | cfg | sigma_max | max-abs | relative | PSNR dB |",
@@ -187,7 +254,8 @@ def main() -> None:
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwrote {args.out}/: report.md, grid.png, input.png, <solver>_reconstruction.png, "
-          "<solver>_edit.png, toy_results.json, roundtrip.json")
+          "<solver>_edit.png, toy_results.json, roundtrip.json, mask_red.png, edict_plain_edit.png, "
+          "edict_blended_edit.png, blended_grid.png, blended_results.json")
 
 
 if __name__ == "__main__":

@@ -257,8 +257,14 @@ def test_flux_shaped_model_gets_anchor_maps_from_joint_attention(node_classes, h
     assert b.control.anchor_positions == [6]  # T5: "▁a" is two pieces, so "dog" is the 7th token
     run = b.edit_pass
     assert run.maps == 2 * 4 and tuple(run.map_sum.shape) == (1, 1, 8, 8)  # EDICT: 2 evaluations per step
-    with pytest.raises(ValueError, match="Attention Mask: input 'guider' has a joint-attention"):
-        nodes["ExactInversion_AttentionMask"].execute(guider=g, inversion=inv, clip=clip, prompt=source, words="dog")
+    assert float(run.map_sum.std()) > 1e-3 * float(run.map_sum.mean())  # a map, not uniform attention
+    with torch.inference_mode():
+        mask = nodes["ExactInversion_AttentionMask"].execute(guider=g, inversion=inv, clip=clip, prompt=source,
+                                                             words="dog").result[0]
+    expected = run.map_sum / run.map_sum.amax()  # the guider's maps, averaged over the same evaluations
+    lo = expected.amin()
+    assert tuple(mask.shape) == (1, 8, 8)
+    assert torch.allclose(mask, ((expected - lo) / (1 - lo))[:, 0], atol=1e-5)  # min-max scaled, same maps
     uniform = edit(nodes, flux_blended(injection=0.0, blended_guidance=False), inv)
     assert rel(out, uniform) > 1e-3 and torch.isfinite(out).all()
 

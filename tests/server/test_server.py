@@ -29,7 +29,7 @@ OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversi
              "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
             "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
-            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask"}
+            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance"}
 EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
 

@@ -97,6 +97,10 @@ def make_flux_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     cfg.set_inference_dtype(torch.float32, None)
     base = cfg.get_model({})
     init_weights(base.diffusion_model, seed)
+    with torch.no_grad():  # the q/k RMSNorm gains are named "scale": at zero every attention would be uniform
+        for name, p in base.diffusion_model.named_parameters():
+            if name.endswith(".scale"):
+                p.fill_(1.0)
     return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
 
