@@ -97,7 +97,10 @@ class AttentionControl:
         for start in range(0, h * w, JOINT_CHUNK):
             probs = torch.softmax(queries[:, :, start:start + JOINT_CHUNK] @ keys.transpose(-1, -2) * scale, dim=-1)
             parts.append(probs[..., self.anchor_positions].sum(-1).mean(1))
-        site = ("joint", str(options.get("block_type", "?")), int(options.get("block_index", -1)), 0)
+        if "block_index" in options:  # Flux names its blocks; SD3's MMDiT does not: number the calls
+            site = ("joint", str(options.get("block_type", "?")), int(options["block_index"]), 0)
+        else:
+            site = ("joint", "call", len(self.anchor_maps), 0)
         self.anchor_maps[site] = torch.cat(parts, dim=-1).reshape(-1, h, w)
         if self.history is not None:
             sigmas = options.get("sigmas")
@@ -166,8 +169,10 @@ def select_resolution(maps: list[torch.Tensor], resolution: str) -> list[torch.T
 
 
 def is_joint_attention_model(diffusion_model: Any) -> bool:
-    """Flux-style DiT: text and image tokens attend jointly in double and single stream blocks."""
-    return hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks")
+    """DiTs whose text and image tokens attend jointly, text first: Flux (double and single stream blocks)
+    and SD3's MMDiT (joint blocks)."""
+    flux = hasattr(diffusion_model, "double_blocks") and hasattr(diffusion_model, "single_blocks")
+    return flux or hasattr(diffusion_model, "joint_blocks")
 
 
 def patch_control(model: Any, control: AttentionControl) -> Any:
@@ -194,16 +199,20 @@ def patch_control(model: Any, control: AttentionControl) -> Any:
 
 
 def _patch_joint(model: Any, control: AttentionControl) -> Any:
-    """Joint-attention models: ComfyUI's ``optimized_attention_override`` sees every attention call with its
-    block in the transformer options; recording reads q and k and leaves the call (and its output) alone.
-    An override another pack set is chained."""
+    """Joint-attention models: ComfyUI's ``optimized_attention_override`` sees every attention call (Flux's
+    with its block in the transformer options); recording reads q and k and leaves the call (and its output)
+    alone. An override another pack set is chained."""
     m = model.clone()
     options = m.model_options.setdefault("transformer_options", {})
     prev = options.get("optimized_attention_override")
 
     def override(func: Any, *args: Any, **kwargs: Any) -> Any:
-        if control.phase == "record" and kwargs.get("skip_reshape", False):
-            control.record_joint(args[0], args[1], kwargs.get("transformer_options") or {})
+        if control.phase == "record":
+            q, k = args[0], args[1]
+            if not kwargs.get("skip_reshape", False):  # SD3: (batch, tokens, heads*dim) -> (batch, heads, tokens, dim)
+                heads = int(args[3] if len(args) > 3 else kwargs["heads"])
+                q, k = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+            control.record_joint(q, k, kwargs.get("transformer_options") or {})
         return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
 
     options["optimized_attention_override"] = override

@@ -123,7 +123,7 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         diffusion_model = model_patcher.model.diffusion_model
         self.patch_size = int(getattr(diffusion_model, "patch_size", 1))
         if is_joint_attention_model(diffusion_model) and settings.injection > 0:
-            raise ValueError(f"{NAME}: input 'injection' must be 0 for joint-attention (Flux-style) models: "
+            raise ValueError(f"{NAME}: input 'injection' must be 0 for joint-attention models (Flux, SD3): "
                              "prompt-to-prompt injection is implemented for UNet cross-attention only")
         self.control = AttentionControl(anchor_positions, alignment, inject=settings.injection > 0)
         super().__init__(patch_control(model_patcher, self.control))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import guider as cfg_guider
 from test_toy_model import load_random_toy, loader_module
-from tiny import image_tensor, make_clip, make_controlnet, make_flux_cond, make_flux_model, make_model
+from tiny import image_tensor, make_clip, make_controlnet, make_flux_cond, make_flux_model, make_model, make_sd3_model
 
 from toyworld import judge as J
 from toyworld import world as W
@@ -216,25 +216,35 @@ def test_sd1_shaped_model_with_a_controlnet(node_classes, host):
     assert b.control.anchor_positions == positions == [5]  # BOS, a, photo, of, a, dog
 
 
-# --- Flux-style joint attention (a tiny DiT in ComfyUI's Flux classes) ----------------------------------------
+# --- joint attention: tiny DiTs in ComfyUI's own Flux and SD3 classes -----------------------------------------
 
 
-class T5OnlyClip:
-    """Flux's tokenizer without its encoders: what the guider needs of a CLIP (conditionings are hand-made)."""
+class TokenizerOnlyClip:
+    """A DiT family's tokenizer without its encoders: what the guider needs of a CLIP (conditionings are
+    hand-made)."""
 
-    def __init__(self) -> None:
+    def __init__(self, family: str) -> None:
         import comfy.text_encoders.flux
+        import comfy.text_encoders.sd3_clip
 
-        self.tokenizer = comfy.text_encoders.flux.FluxTokenizer()
+        self.tokenizer = (comfy.text_encoders.flux.FluxTokenizer() if family == "flux"
+                          else comfy.text_encoders.sd3_clip.SD3Tokenizer())
 
     def tokenize(self, text: str, **kw):
         return self.tokenizer.tokenize_with_weights(text, **kw)
 
 
-def test_flux_shaped_model_gets_anchor_maps_from_joint_attention(node_classes, host):
-    nodes, model, clip = node_classes, make_flux_model(0), T5OnlyClip()
+#: family -> (model, context tokens, the anchor "dog"'s context position: T5 splits "a" in two on Flux; SD3's
+#: context starts with CLIP's tokens, BOS first)
+DITS = {"flux": (make_flux_model, 256, 6), "sd3": (make_sd3_model, 154, 5)}
+
+
+@pytest.mark.parametrize("family", list(DITS))
+def test_joint_attention_dits_get_anchor_maps(node_classes, host, family):
+    make, tokens, dog = DITS[family]
+    nodes, model, clip = node_classes, make(0), TokenizerOnlyClip(family)
     source, target = "a photo of a dog on grass", "a photo of a cat on grass"
-    pos, tgt, neg = make_flux_cond(1), make_flux_cond(2), make_flux_cond(3)
+    pos, tgt, neg = (make_flux_cond(s, tokens) for s in (1, 2, 3))
     g = cfg_guider(nodes, model, pos, neg, 1.0)
     sig = nodes["BasicScheduler"].execute(model=model, scheduler="simple", steps=4, denoise=1.0).result[0]
     sampler = nodes["ExactInversion_EDICTSolver"].execute(p=0.93, p_rule="fixed", state_dtype="float64").result[0]
@@ -253,8 +263,8 @@ def test_flux_shaped_model_gets_anchor_maps_from_joint_attention(node_classes, h
     b = flux_blended(injection=0.0, local_blend=True)
     out = edit(nodes, b, inv)
     assert torch.equal(b.last_reconstruction, plain)  # recording leaves the attention calls alone
-    assert rel(plain, latent["samples"]) < 1e-6  # EDICT is exact on the flow DiT too
-    assert b.control.anchor_positions == [6]  # T5: "▁a" is two pieces, so "dog" is the 7th token
+    assert rel(plain, latent["samples"]) < 1e-6  # EDICT is exact on the flow DiTs too
+    assert b.control.anchor_positions == [dog]
     run = b.edit_pass
     assert run.maps == 2 * 4 and tuple(run.map_sum.shape) == (1, 1, 8, 8)  # EDICT: 2 evaluations per step
     assert float(run.map_sum.std()) > 1e-3 * float(run.map_sum.mean())  # a map, not uniform attention

@@ -105,8 +105,30 @@ def make_flux_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
+#: an SD3-shaped MMDiT (joint blocks over [CLIP 77 + T5 77; image] tokens, 2x2 patches, flow prediction)
+TINY_SD3_CONFIG = {
+    "in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "adm_in_channels": 8,
+    "context_embedder_config": {"target": "torch.nn.Linear", "params": {"in_features": 16, "out_features": 128}},
+    "pos_embed_max_size": 16, "num_patches": 256, "pos_embed_scaling_factor": None, "qk_norm": None,
+}
+
+
+def make_sd3_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A tiny SD3-shaped flow MMDiT as a MODEL (ComfyUI's own SD3 classes, seeded random weights)."""
+    cfg = comfy.supported_models.SD3(dict(TINY_SD3_CONFIG))
+    cfg.set_inference_dtype(torch.float32, None)
+    base = cfg.get_model({})
+    init_weights(base.diffusion_model, seed)
+    with torch.no_grad():  # the position table is a buffer (torch.empty), not a parameter
+        pos = base.diffusion_model.pos_embed
+        pos.copy_(torch.randn(pos.shape, generator=torch.Generator().manual_seed(seed)) * 0.1)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
 def make_flux_cond(seed: int = 0, tokens: int = 256) -> list:
-    """A Flux CONDITIONING by hand: a random T5-length context and pooled vector for the tiny Flux."""
+    """A CONDITIONING by hand for the tiny DiTs: a random context (Flux: T5's 256 tokens; SD3: 77 + 77) and
+    pooled vector."""
     g = torch.Generator().manual_seed(seed)
     context = torch.randn(1, tokens, TINY_FLUX_CONFIG["context_in_dim"], generator=g)
     return [[context, {"pooled_output": torch.randn(1, TINY_FLUX_CONFIG["vec_in_dim"], generator=g)}]]
