@@ -14,6 +14,7 @@ stochastic editing (seeded eta noise inside the mask, §4.7) to draw variants.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,7 +104,8 @@ class _EditPass:
         self.map_sum: torch.Tensor | None = None
         self.maps = 0
         self.soft: torch.Tensor | None = None
-        self.generator = torch.Generator(device="cpu").manual_seed(int(seed))
+        # one stream per image (seed + index), so an image's variants do not depend on the rest of its batch
+        self.generators = [torch.Generator(device="cpu").manual_seed((int(seed) + i) % 2**64) for i in range(batch)]
 
     @property
     def steps(self) -> int:
@@ -150,6 +152,9 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         finally:
             self.control.phase = "off"
             self.control.begin_evaluation()
+        if self.edit_pass.maps == 0:
+            logging.warning("%s: no cross-attention of the anchor was recorded, so the edit used target_cfg "
+                            "everywhere (no mask); is the anchor within the model's text context?", NAME)
         self.last_reconstruction = out[:batch]  # the reconstruction branch's result, for checks and tests
         return out[batch:]
 
@@ -206,8 +211,8 @@ class BlendedGuider(comfy.samplers.CFGGuider):
             return state
         b = run.batch
         var = (self.settings.eta * ddim_noise_variance(run.schedule, s_from, s_to)) * run.soft.to("cpu", torch.float64)
-        shape = state["x"][b:].shape
-        xi = torch.randn(shape, generator=run.generator, dtype=torch.float64)
+        shape = state["x"].shape[1:]
+        xi = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in run.generators])
         out = dict(state)
         for key, value in state.items():
             if key == "x_prev":  # BDIA's state one level up: not at sigma_to
@@ -277,7 +282,8 @@ class BlendedGuidance(io.ComfyNode):
                                tooltip="Stochastic editing: noise inside the mask (AIDI uses 0.1); change the seed "
                                        "for variants. 0 = deterministic."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
-                             tooltip="Seed of the stochastic noise (used when eta > 0)."),
+                             tooltip="Seed of the stochastic noise (used when eta > 0); image i of a batch uses "
+                                     "seed + i."),
             ],
             outputs=[io.Guider.Output("guider", tooltip="Connect to Edit from Inversion.")],
         )

@@ -126,6 +126,24 @@ def test_the_reconstruction_branch_is_bit_exact_and_a_same_prompt_edit_reconstru
         assert rel(plain, image) < 1e-6  # and the exact solvers reconstruct the input
 
 
+def test_a_batch_of_images_is_edited_as_each_alone(node_classes, toy):
+    model, clip, _ = toy
+    images = W.held_out(2).images
+    _, inv = invert(node_classes, model, clip, images)
+    both = edit(node_classes, blended(node_classes, model, clip, local_blend=True, eta=0.3, seed=5), inv)
+    for i in range(2):
+        _, one = invert(node_classes, model, clip, images[i:i + 1])
+        alone = edit(node_classes, blended(node_classes, model, clip, local_blend=True, eta=0.3, seed=5), one)
+        if i == 0:  # image i's noise comes from seed + i, whatever else is in the batch
+            assert rel(both[:1], alone) < 1e-4  # float rounding of a batched network only
+        else:
+            assert rel(both[1:], alone) > 1e-3  # alone, image 1 draws from seed 5, in the batch from 6
+    deterministic = edit(node_classes, blended(node_classes, model, clip, local_blend=True), inv)
+    _, second = invert(node_classes, model, clip, images[1:])
+    alone = edit(node_classes, blended(node_classes, model, clip, local_blend=True), second)
+    assert rel(deterministic[1:], alone) < 1e-4
+
+
 def test_blended_guidance_makes_the_target_scale_local(node_classes, toy):
     """With the mask on, guidance is w_E only where the anchor is: the edit differs from a uniform one."""
     model, clip, _ = toy
