@@ -103,3 +103,32 @@ def test_shipped_model_word_maps_find_the_object_better_than_an_all_ones_map(hos
     words = res["words"]
     for word in ("shape noun", "shape colour"):
         assert words[word]["iou"]["all"] > words[word]["all_ones_iou"] + 0.1, (word, words[word])
+
+
+def test_max_scaling_of_algorithms_md_keeps_the_token_floor_min_max_does_not(host, node_classes):
+    """algorithms.md §4.6 infers m = M / max(M) (prompt-to-prompt's th = 0.3). On the shipped model a word's
+    attention has a floor over the whole image: scaled by the max alone, every pixel of the colour word's map
+    is above 0.3 and the mask is the whole image; min-max scaling (the guider's) finds the object."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import attention as bench
+    import edit_quality as EQ
+
+    mod = loader_module()
+    mod.set_model_folder(None)
+    mod.clear_cache()
+    model, clip, vae = EQ.load_model(node_classes, None)
+    sigmas = node_classes["BasicScheduler"].execute(model=model, scheduler="normal", steps=25, denoise=1.0).result[0]
+    p = EQ.Pipeline(node_classes, model, clip, vae, sigmas, EQ.EvalCounter())
+    guidance = bench.pack_module("blended_guidance")
+    batch = W.held_out(6)
+    by_max, by_min_max, area = [], [], []
+    with torch.inference_mode():
+        for i in range(6):
+            attrs = (int(batch.scene.shape[i]), int(batch.scene.fg[i]), int(batch.scene.bg[i]))
+            colour = bench.reconstruction_maps(p, batch.images[i:i + 1], attrs)["colour word"]["all"]
+            obj = batch.hard[i, 0].bool()
+            by_max.append(float(capture().iou(guidance.scale_map(colour, "max") > 0.3, obj)))
+            by_min_max.append(float(capture().iou(guidance.scale_map(colour, "min-max") > 0.6, obj)))
+            area.append(float(obj.float().mean()))
+    assert sum(by_max) / 6 < sum(area) / 6 + 0.02, (by_max, area)  # no better than an all-ones mask
+    assert sum(by_min_max) / 6 > sum(area) / 6 + 0.4, (by_min_max, area)
