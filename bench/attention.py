@@ -277,14 +277,7 @@ def sweep_variants() -> dict[str, dict[str, Any] | None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import comfyhost
-
-    host = comfyhost.boot()
-    import comfy.utils
-
-    comfy.utils.set_progress_bar_enabled(False)
-    torch.set_num_threads(1)
-    nodes = host["nodes"].NODE_CLASS_MAPPINGS
+    nodes = EQ.boot_nodes()
     result: dict[str, Any] = {"steps": args.steps, "cfg_edit": args.cfg_edit, "masks": [], "edits": []}
     with torch.inference_mode():
         model, clip, vae = EQ.load_model(nodes, args.model)

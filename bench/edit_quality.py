@@ -331,14 +331,19 @@ def save_grid(path: Path, batch: W.Batch, outputs: dict[str, list[dict[str, Any]
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def boot_nodes() -> dict[str, Any]:
+    """Boot ComfyUI for a benchmark (no progress bars, one torch thread); its node classes."""
     host = comfyhost.boot()
     import comfy.utils
 
     comfy.utils.set_progress_bar_enabled(False)
     torch.set_num_threads(1)
-    nodes = host["nodes"].NODE_CLASS_MAPPINGS
+    return host["nodes"].NODE_CLASS_MAPPINGS
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    nodes = boot_nodes()
     batch = W.held_out(args.n)
     records: list[dict[str, Any]] = []
     outputs: dict[str, list[dict[str, Any]]] = {}

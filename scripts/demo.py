@@ -41,17 +41,22 @@ def load_png(path: Path) -> Any:
     return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) * 2 - 1
 
 
-def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
-    """Run the toy workflow; per solver label: saved images and the Round-trip Check report."""
+def run_unchanged(workflow: Path) -> tuple[dict[str, Any], dict[str, Any], float, Path]:
+    """Run a workflow file as it is: (API prompt, outputs per node, wall seconds, ComfyUI's work folder)."""
     import comfyhost
     from workflow_api import comfy_input_types, ui_to_api
 
     booted = comfyhost.boot()
-    ui = json.loads(WORKFLOW.read_text())
+    ui = json.loads(workflow.read_text())
     prompt = ui_to_api(ui, comfy_input_types({n["type"] for n in ui["nodes"]}))
     t0 = time.perf_counter()
     outputs = comfyhost.run_prompt(prompt)
-    wall = time.perf_counter() - t0
+    return prompt, outputs, time.perf_counter() - t0, Path(booted["work"])
+
+
+def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
+    """Run the toy workflow; per solver label: saved images and the Round-trip Check report."""
+    prompt, outputs, wall, work = run_unchanged(WORKFLOW)
     results: dict[str, dict[str, Any]] = {}  # in the workflow's row order
     for node in prompt.values():
         label, _, role = node["_meta"]["title"].partition(": ")
@@ -69,7 +74,7 @@ def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
                 continue
             kind = "edit" if role == "save edit" else "reconstruction"
             dst = out / f"{label.lower()}_{kind}.png"
-            shutil.copy(Path(booted["work"]) / "output" / img["subfolder"] / img["filename"], dst)
+            shutil.copy(work / "output" / img["subfolder"] / img["filename"], dst)
             entry["images"][kind] = dst
     shutil.copy(REPO / "workflows" / "toy_example.png", out / "input.png")
     for entry in results.values():
@@ -79,22 +84,14 @@ def run_workflow(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
 
 def run_saved_images(workflow: Path, out: Path, names: dict[str, str]) -> tuple[dict[str, Path], float]:
     """Run a workflow unchanged; copy the image of each SaveImage titled as a key of ``names`` to out/<name>."""
-    import comfyhost
-    from workflow_api import comfy_input_types, ui_to_api
-
-    booted = comfyhost.boot()
-    ui = json.loads(workflow.read_text())
-    prompt = ui_to_api(ui, comfy_input_types({n["type"] for n in ui["nodes"]}))
-    t0 = time.perf_counter()
-    outputs = comfyhost.run_prompt(prompt)
-    wall = time.perf_counter() - t0
+    prompt, outputs, wall, work = run_unchanged(workflow)
     saved: dict[str, Path] = {}
     for node_id, node_out in outputs.items():
         name = names.get(prompt[node_id]["_meta"]["title"])
         if name is not None and prompt[node_id]["class_type"] == "SaveImage":
             img = node_out["images"][0]
             saved[name] = out / name
-            shutil.copy(Path(booted["work"]) / "output" / img["subfolder"] / img["filename"], saved[name])
+            shutil.copy(work / "output" / img["subfolder"] / img["filename"], saved[name])
     missing = set(names.values()) - set(saved)
     if missing:
         raise SystemExit(f"{workflow.name} saved no image for {sorted(missing)}")

@@ -15,6 +15,7 @@ import torch
 from solvers import SOLVERS, Schedule
 
 STEPS = 8
+SCHEDULE = Schedule.for_prediction("eps")
 KEYS = {"ddim": {"x"}, "aidi": {"x"}, "ees25": {"x"}, "ees27": {"x"}, "edict": {"x", "y"}, "bdia": {"x", "x_prev"}}
 
 
@@ -44,40 +45,37 @@ def test_identity_hook_changes_nothing_and_sees_every_step(bed, name: str, predi
     assert calls[0][2] == first_has_estimate and all(c[2] for c in calls[1:])
 
 
-@pytest.mark.parametrize("name", sorted(SOLVERS))
-def test_two_branches_in_one_batch_evolve_as_if_alone(bed, name: str) -> None:
+def _two_branches(bed, name: str):
+    """(solver, inverted latents, batch, a denoiser running branch a (cfg 1) and b (cfg 4) in one call, grid)."""
     grid = G.comfy_grid("eps", STEPS)
-    sched = Schedule.for_prediction("eps")
     solver = _solver(name)
     den_a, den_b = bed.denoiser("eps", 1.0), bed.denoiser("eps", 4.0)
-    latents = solver.invert(den_a, bed.clean("eps", grid), grid, sched)
-    b = next(iter(latents.values())).shape[0]
-
-    def both(x, sigma):  # branch a (reconstruction) and b (edit, another guidance) in one call
-        return torch.cat([den_a(x[:b], sigma), den_b(x[b:], sigma)])
-
-    paired = solver.sample(both, {k: torch.cat([v, v]) for k, v in latents.items()}, grid, sched)
-    assert torch.equal(paired[:b], solver.sample(den_a, latents, grid, sched))
-    assert torch.equal(paired[b:], solver.sample(den_b, latents, grid, sched))
-
-
-@pytest.mark.parametrize("name", sorted(SOLVERS))
-def test_a_hook_copying_the_first_branch_makes_the_second_follow_it(bed, name: str) -> None:
-    """Local blend with an everywhere-off mask: the edit branch ends exactly on the reconstruction."""
-    grid = G.comfy_grid("eps", STEPS)
-    sched = Schedule.for_prediction("eps")
-    solver = _solver(name)
-    den_a, den_b = bed.denoiser("eps", 1.0), bed.denoiser("eps", 4.0)
-    latents = solver.invert(den_a, bed.clean("eps", grid), grid, sched)
+    latents = solver.invert(den_a, bed.clean("eps", grid), grid, SCHEDULE)
     b = next(iter(latents.values())).shape[0]
 
     def both(x, sigma):
         return torch.cat([den_a(x[:b], sigma), den_b(x[b:], sigma)])
 
+    return solver, latents, b, (den_a, den_b, both), grid
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_two_branches_in_one_batch_evolve_as_if_alone(bed, name: str) -> None:
+    solver, latents, b, (den_a, den_b, both), grid = _two_branches(bed, name)
+    paired = solver.sample(both, {k: torch.cat([v, v]) for k, v in latents.items()}, grid, SCHEDULE)
+    assert torch.equal(paired[:b], solver.sample(den_a, latents, grid, SCHEDULE))
+    assert torch.equal(paired[b:], solver.sample(den_b, latents, grid, SCHEDULE))
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_a_hook_copying_the_first_branch_makes_the_second_follow_it(bed, name: str) -> None:
+    """Local blend with an everywhere-off mask: the edit branch ends exactly on the reconstruction."""
+    solver, latents, b, (_, _, both), grid = _two_branches(bed, name)
+
     def follow(step, state, denoised):
         return {k: torch.cat([v[:b], v[:b]]) for k, v in state.items()}
 
-    paired = solver.sample(both, {k: torch.cat([v, v]) for k, v in latents.items()}, grid, sched, hook=follow)
-    free = solver.sample(both, {k: torch.cat([v, v]) for k, v in latents.items()}, grid, sched)
+    paired = solver.sample(both, {k: torch.cat([v, v]) for k, v in latents.items()}, grid, SCHEDULE, hook=follow)
+    free = solver.sample(both, {k: torch.cat([v, v]) for k, v in latents.items()}, grid, SCHEDULE)
     assert torch.equal(paired[b:], paired[:b])
     assert (free[b:] - free[:b]).abs().max() > 1e-3  # without the hook the branches differ
