@@ -6,14 +6,16 @@ Inside a real ComfyUI booted in-process, through the pack's own nodes, on ``toyw
 **Mask quality** (``--mask-n`` images). Each image is inverted with DDIM (cfg 1, ``--steps``) and
 reconstructed with its own caption on a MODEL whose text attention is recorded (what the reconstruction
 branch of the Blended Guidance Guider sees). Per word type the map (mean over heads, summed over the
-word's tokens, averaged over steps and the layers of one resolution, or all) is scaled by its maximum
-(AIDI / prompt-to-prompt) and thresholded at delta; ``mask_iou`` is its IoU with the true region:
+word's tokens, averaged over the steps and the layers of one resolution, or all layers; and all layers
+over part of the steps, ``STEP_WINDOWS``, as the Attention Mask node's start/end) is scaled by its
+maximum (AIDI / prompt-to-prompt) or min-max, and thresholded at delta; ``mask_iou`` is its IoU with the
+true region:
 
 * ``object word`` (the shape noun, "circle") and ``colour word`` (the shape's colour, "red"): the object;
 * ``background word`` (the background's colour, "green"): the background.
 
-The sweep over resolution and delta is printed; the guider's defaults (``threshold``, ``resolution``) are
-the pair with the best mean IoU of the object and colour words.
+The sweep over resolution / steps, scaling and delta is printed; the guider's defaults (``threshold``,
+``resolution``, min-max scaling) are the setting with the best mean IoU of the object and colour words.
 
 **Edits** (``--n`` images, per solver of ``--solvers``). Invert with the source caption (cfg 1), then edit
 at ``--cfg-edit`` with the same steps, in four modes:
@@ -67,6 +69,7 @@ from toyworld import world as W  # noqa: E402
 WORD_TYPES = ("object word", "colour word", "background word")
 THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 NORMALISATIONS = ("max", "min-max")
+STEP_WINDOWS = ((0.0, 0.5), (0.5, 1.0), (0.25, 0.75))  # start, end: fractions of the steps, noisy first
 MODES = ("plain", "injection", "blended", "blended_local")
 EDITS = ("shape_colour", "background_colour")
 #: solver node inputs for the edits: the toy workflow's few-step settings for EDICT and BDIA (README)
@@ -127,18 +130,24 @@ def reconstruction_maps(p: EQ.Pipeline, image: torch.Tensor, attrs: tuple[int, i
     p.nodes["ExactInversion_Edit"].execute(guider=rec_guider, inversion=inversion)
     size = tuple(image.shape[-2:])
     out: dict[str, dict[str, torch.Tensor]] = {}
+    sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # noisy first, as Attention Mask's start/end
+    groups: dict[str, set[int]] = {}
     for res in control.RESOLUTIONS:
-        layer_maps = [r.maps for r in recorder.records]  # (1, T, h, w) each
-        chosen = {id(m) for m in control.select_resolution(layer_maps, res)}
+        groups[res] = {id(m) for m in control.select_resolution([r.maps for r in recorder.records], res)}
+    for start, end in STEP_WINDOWS:  # all layers, part of the steps
+        first = int(start * len(sigmas))
+        window = set(sigmas[first:max(first + 1, round(end * len(sigmas)))])
+        groups[f"all, steps {start:g}-{end:g}"] = {id(r.maps) for r in recorder.records if r.sigma in window}
+    for name, chosen in groups.items():
         mean = recorder.mean_map(size, select=lambda r, chosen=chosen: id(r.maps) in chosen)[0]  # (T, H, W)
         for t in WORD_TYPES:
-            out.setdefault(t, {})[res] = sum(mean[tokens.index(i)] for i in positions[t])
+            out.setdefault(t, {})[name] = sum(mean[tokens.index(i)] for i in positions[t])
     return out
 
 
 def mask_quality(p: EQ.Pipeline, n: int) -> list[dict[str, Any]]:
     """Records: one per word type x resolution x threshold, with mask_iou averaged over held_out(n)."""
-    control, guidance = pack_module("attention_control"), pack_module("blended_guidance")
+    guidance = pack_module("blended_guidance")
     batch = W.held_out(n)
     ious: dict[tuple[str, str, str, float], list[float]] = {}
     base: dict[str, list[float]] = {t: [] for t in WORD_TYPES}
@@ -149,7 +158,7 @@ def mask_quality(p: EQ.Pipeline, n: int) -> list[dict[str, Any]]:
         for t in WORD_TYPES:
             region = ~obj if t == "background word" else obj
             base[t].append(float(region.float().mean()))
-            for res in control.RESOLUTIONS:
+            for res in maps[t]:
                 for norm in NORMALISATIONS:
                     m = guidance.scale_map(maps[t][res], norm)
                     for th in THRESHOLDS:
@@ -173,7 +182,7 @@ def best_mask_setting(records: list[dict[str, Any]]) -> tuple[tuple[str, str, fl
 
 def format_masks(records: list[dict[str, Any]]) -> str:
     by = {(r["word_type"], r["resolution"], r["normalisation"], r["threshold"]): r["mask_iou"] for r in records}
-    resolutions = sorted({r["resolution"] for r in records}, key=pack_module("attention_control").RESOLUTIONS.index)
+    resolutions = list(dict.fromkeys(r["resolution"] for r in records))  # in the order measured
     lines = []
     for t in WORD_TYPES:
         base = next(r["all_ones_iou"] for r in records if r["word_type"] == t)
