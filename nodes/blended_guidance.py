@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import comfy.samplers
@@ -32,6 +33,7 @@ from .attention_control import (
     token_alignment,
 )
 from .common import CATEGORY, node_id
+from .fingerprint import conditioning_fingerprint
 from .model_adapter import EditRun, schedule_for_sampling
 from .prompt_words import token_row, word_token_positions
 
@@ -135,6 +137,12 @@ class BlendedGuider(comfy.samplers.CFGGuider):
 
     def set_branch_conds(self, source: Any, target: Any, negative: Any) -> None:
         self.inner_set_conds({"positive": source, "negative": negative, "target": target})
+
+    def reconstruction_fingerprint(self) -> dict[str, Any]:
+        """The reconstruction branch's prompts and cfg, fingerprinted as Invert fingerprints its guider."""
+        branch = SimpleNamespace(original_conds={k: v for k, v in self.original_conds.items() if k != "target"},
+                                 cfg=self.cfg)
+        return conditioning_fingerprint(branch)
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False,
                seed=None):

@@ -123,6 +123,7 @@ class Edit(io.ComfyNode):
         _check_same_model(model, inversion)
         if sigmas is not None:
             _check_same_grid(sigmas, inversion)
+        _check_reconstruction_branch(guider, inversion)
         solver = solver_for_state(inversion, EDIT)
         out = run_edit(guider, solver, inversion, EDIT)
         return io.NodeOutput({"samples": out})
@@ -145,6 +146,21 @@ def _check_same_model(model: Any, inversion: InversionState) -> None:
         )
     logging.warning("%s: the guider's model (%s) differs from the inversion's (%s); the round trip will not be "
                     "exact", EDIT, now, made_with)
+
+
+def _check_reconstruction_branch(guider: Any, inversion: InversionState) -> None:
+    """A guider with a reconstruction branch (Blended Guidance) must rebuild the inversion with its own
+    prompt and cfg, or its maps and the blended background come from another image: warn when it does not."""
+    fingerprint = getattr(guider, "reconstruction_fingerprint", None)
+    made_with = (inversion.meta.get("conditioning") or {}).get("id")
+    if fingerprint is None or made_with is None:
+        return
+    now = fingerprint()
+    if now["id"] != made_with:
+        logging.warning("%s: the guider's source prompt or cfg (%s) differs from the one Invert used (cfg %s); "
+                        "connect the same source conditioning and set cfg to the inversion's, or the reconstruction "
+                        "branch will not rebuild the image", EDIT, f"cfg {now['cfg']:g}",
+                        (inversion.meta.get("conditioning") or {}).get("cfg"))
 
 
 def _check_same_grid(sigmas: torch.Tensor, inversion: InversionState) -> None:

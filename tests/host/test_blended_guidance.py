@@ -144,6 +144,22 @@ def test_a_batch_of_images_is_edited_as_each_alone(node_classes, toy):
     assert rel(deterministic[1:], alone) < 1e-4
 
 
+def test_edit_warns_when_the_reconstruction_branch_is_not_the_inversions(node_classes, toy, caplog):
+    model, clip, _ = toy
+    _, inv = invert(node_classes, model, clip, W.held_out(1).images)
+    with caplog.at_level("WARNING"):
+        edit(node_classes, blended(node_classes, model, clip), inv)
+    assert "differs from the one Invert used" not in caplog.text
+    with caplog.at_level("WARNING"):
+        edit(node_classes, blended(node_classes, model, clip, cfg=2.0), inv)
+    assert "Edit from Inversion: the guider's source prompt or cfg (cfg 2) differs" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        edit(node_classes, blended(node_classes, model, clip, source_positive=encode(node_classes, clip, TARGET)),
+             inv)
+    assert "differs from the one Invert used" in caplog.text
+
+
 def test_blended_guidance_makes_the_target_scale_local(node_classes, toy):
     """With the mask on, guidance is w_E only where the anchor is: the edit differs from a uniform one."""
     model, clip, _ = toy
