@@ -211,7 +211,7 @@ def _patch_joint(model: Any, control: AttentionControl) -> Any:
             q, k = args[0], args[1]
             if not kwargs.get("skip_reshape", False):  # SD3: (batch, tokens, heads*dim) -> (batch, heads, tokens, dim)
                 heads = int(args[3] if len(args) > 3 else kwargs["heads"])
-                q, k = (t.view(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
+                q, k = (t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2) for t in (q, k))
             control.record_joint(q, k, kwargs.get("transformer_options") or {})
         return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
 

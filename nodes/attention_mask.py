@@ -70,7 +70,7 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     tokens = sorted({p for ps in positions.values() for p in ps})
     recorder = AttentionRecorder(tokens)
     diffusion_model = guider.model_patcher.model.diffusion_model
-    if is_joint_attention_model(diffusion_model):  # Flux-style: maps of the words' tokens summed, per block
+    if is_joint_attention_model(diffusion_model):  # Flux, SD3: the words' tokens summed, per joint attention
         patch = int(getattr(diffusion_model, "patch_size", 1))
         control = AttentionControl(tokens, [], phase="record", history=recorder.records,
                                    image_grid=tuple(-(-s // patch) for s in inversion.shape[-2:]))
@@ -82,7 +82,7 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # the reconstruction's steps, noisy first
     if not sigmas:
         raise ValueError(f"{NAME}: no cross-attention was recorded; the guider's model has no text attention "
-                         "(UNet models with cross-attention and Flux-style joint attention are supported)")
+                         "(UNet cross-attention and Flux / SD3 joint attention are supported)")
     first, last = int(start * len(sigmas)), max(int(start * len(sigmas)) + 1, round(end * len(sigmas)))
     chosen_sigmas = set(sigmas[first:last])
     by_resolution = _resolution_filter(recorder, resolution)
