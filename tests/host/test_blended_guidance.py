@@ -12,6 +12,7 @@ import importlib
 import pytest
 import torch
 from helpers import guider as cfg_guider
+from PIL import Image
 from test_toy_model import load_random_toy, loader_module
 from tiny import image_tensor, make_clip, make_controlnet, make_flux_cond, make_flux_model, make_model, make_sd3_model
 
@@ -67,6 +68,16 @@ def blended(nodes, model, clip, target=TARGET, **kw):
                 cfg=1.0, target_cfg=4.0)
     args.update(kw)
     return nodes[NODE].execute(**args).result[0]
+
+
+def edict_inversion(nodes, guider, scheduler: str, steps: int, latent: dict):
+    """EDICT (p 0.93) inversion of ``latent`` through ``guider`` on a ``scheduler`` grid of the guider's model."""
+    sig = nodes["BasicScheduler"].execute(model=guider.model_patcher, scheduler=scheduler, steps=steps,
+                                          denoise=1.0).result[0]
+    sampler = nodes["ExactInversion_EDICTSolver"].execute(p=0.93, p_rule="fixed", state_dtype="float64").result[0]
+    with torch.inference_mode():
+        return nodes["ExactInversion_Invert"].execute(guider=guider, sampler=sampler, sigmas=sig,
+                                                      latent=latent).result[0]
 
 
 def edit(nodes, g, inv):
@@ -227,19 +238,15 @@ def test_the_guider_refuses_to_drive_other_nodes_and_bad_inputs(node_classes, to
 def test_sd1_shaped_model_with_a_controlnet(node_classes, host):
     nodes = node_classes
     model, clip = make_model(0), make_clip(0)
-    cnet, hint = make_controlnet(0), image_tensor(__import__("PIL.Image").Image.new("RGB", (64, 64), "white"))
+    cnet, hint = make_controlnet(0), image_tensor(Image.new("RGB", (64, 64), "white"))
     source, target = "a photo of a dog on grass", "a photo of a cat on grass"
     pos, neg = encode(nodes, clip, source), encode(nodes, clip, "")
     tgt = encode(nodes, clip, target)
     apply = nodes["ControlNetApplyAdvanced"]().apply_controlnet
     c_pos, c_neg = apply(pos, neg, cnet, hint, 1.0, 0.0, 1.0)
     c_tgt, _ = apply(tgt, neg, cnet, hint, 1.0, 0.0, 1.0)
-    g = cfg_guider(nodes, model, c_pos, c_neg, 2.0)
-    sig = nodes["BasicScheduler"].execute(model=model, scheduler="normal", steps=5, denoise=1.0).result[0]
-    sampler = nodes["ExactInversion_EDICTSolver"].execute(p=0.93, p_rule="fixed", state_dtype="float64").result[0]
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))}
-    with torch.inference_mode():
-        inv = nodes["ExactInversion_Invert"].execute(guider=g, sampler=sampler, sigmas=sig, latent=latent).result[0]
+    inv = edict_inversion(nodes, cfg_guider(nodes, model, c_pos, c_neg, 2.0), "normal", 5, latent)
     b = nodes[NODE].execute(model=model, source_positive=c_pos, target_positive=c_tgt, negative=c_neg, clip=clip,
                             source_prompt=source, target_prompt=target, anchor="dog", cfg=2.0, target_cfg=6.0,
                             local_blend=True).result[0]
@@ -280,11 +287,8 @@ def test_joint_attention_dits_get_anchor_maps(node_classes, host, family):
     source, target = "a photo of a dog on grass", "a photo of a cat on grass"
     pos, tgt, neg = (make_flux_cond(s, tokens) for s in (1, 2, 3))
     g = cfg_guider(nodes, model, pos, neg, 1.0)
-    sig = nodes["BasicScheduler"].execute(model=model, scheduler="simple", steps=4, denoise=1.0).result[0]
-    sampler = nodes["ExactInversion_EDICTSolver"].execute(p=0.93, p_rule="fixed", state_dtype="float64").result[0]
     latent = {"samples": torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(4))}
-    with torch.inference_mode():
-        inv = nodes["ExactInversion_Invert"].execute(guider=g, sampler=sampler, sigmas=sig, latent=latent).result[0]
+    inv = edict_inversion(nodes, g, "simple", 4, latent)
     plain = edit(nodes, g, inv)
 
     def flux_blended(**kw):
