@@ -14,8 +14,9 @@ true region:
 * ``object word`` (the shape noun, "circle") and ``colour word`` (the shape's colour, "red"): the object;
 * ``background word`` (the background's colour, "green"): the background.
 
-The sweep over resolution / steps, scaling and delta is printed; the guider's defaults (``threshold``,
-``resolution``, min-max scaling) are the setting with the best mean IoU of the object and colour words.
+The sweep over resolution / steps, scaling and delta is printed (JSON ``mask_sweep``); the guider's
+defaults (``threshold``, ``resolution``, min-max scaling) are the setting with the best mean IoU of the
+object and colour words, and JSON ``masks`` holds one record per word type at those defaults.
 
 **Edits** (``--n`` images, per solver of ``--solvers``). Invert with the source caption (cfg 1), then edit
 at ``--cfg-edit`` with the same steps, in four modes:
@@ -39,7 +40,7 @@ everywhere but the object, AIDI's negative token). Fields per record (solver x e
 
     scripts/py bench/attention.py                          # 48 mask images, 24 edit images, DDIM/EDICT/BDIA/EES
     scripts/py bench/attention.py --n 4 --mask-n 8 --solvers ddim
-    scripts/py bench/attention.py --json > attention.json  # {"masks": [...], "edits": [...]} on stdout
+    scripts/py bench/attention.py --json > attention.json  # {"masks", "mask_sweep", "edits"} on stdout
     scripts/py bench/attention.py --save attention.json    # the table, and the JSON written to a file
     scripts/py bench/attention.py --sweep --n 8 --solvers ddim   # injection / sharpness sweep for the defaults
 
@@ -180,6 +181,13 @@ def best_mask_setting(records: list[dict[str, Any]]) -> tuple[tuple[str, str, fl
     return best, statistics.fmean(vals)
 
 
+def at_guider_defaults(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per word type: the sweep's entry at the Blended Guidance Guider's default mask settings."""
+    g = pack_module("blended_guidance")
+    key = (g.DEFAULT_RESOLUTION, g.DEFAULT_NORMALISATION, g.DEFAULT_THRESHOLD)
+    return [r for r in records if (r["resolution"], r["normalisation"], r["threshold"]) == key]
+
+
 def format_masks(records: list[dict[str, Any]]) -> str:
     by = {(r["word_type"], r["resolution"], r["normalisation"], r["threshold"]): r["mask_iou"] for r in records}
     resolutions = list(dict.fromkeys(r["resolution"] for r in records))  # in the order measured
@@ -287,14 +295,16 @@ def sweep_variants() -> dict[str, dict[str, Any] | None]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     nodes = EQ.boot_nodes()
-    result: dict[str, Any] = {"steps": args.steps, "cfg_edit": args.cfg_edit, "masks": [], "edits": []}
+    result: dict[str, Any] = {"steps": args.steps, "cfg_edit": args.cfg_edit, "masks": [], "mask_sweep": [],
+                              "edits": []}
     with torch.inference_mode():
         model, clip, vae = EQ.load_model(nodes, args.model)
         sigmas = nodes["BasicScheduler"].execute(model=model, scheduler="normal", steps=args.steps,
                                                  denoise=1.0).result[0]
         p = EQ.Pipeline(nodes, model, clip, vae, sigmas, EQ.EvalCounter())
         if args.mask_n > 0:
-            result["masks"] = mask_quality(p, args.mask_n)
+            result["mask_sweep"] = mask_quality(p, args.mask_n)
+            result["masks"] = at_guider_defaults(result["mask_sweep"])
         variants = sweep_variants() if args.sweep else {m: mode_options(m) for m in MODES}
         for solver in args.solvers:
             result["edits"] += run_edits(p, solver, args.n, args.cfg_edit, variants)
@@ -305,10 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"toy model, {args.steps} steps (normal), invert cfg 1, edit cfg {args.cfg_edit:g}, 1 torch thread")
     if result["masks"]:
-        (res, norm, th), score_ = best_mask_setting(result["masks"])
+        print("mask IoU at the guider's defaults: " + ", ".join(
+            f"{r['word_type']} {r['mask_iou']:.3f} (all-ones {r['all_ones_iou']:.3f})" for r in result["masks"]))
+        (res, norm, th), score_ = best_mask_setting(result["mask_sweep"])
         print(f"mask IoU on held_out({args.mask_n}); best for object + colour words: resolution {res!r}, "
               f"{norm} scaling, threshold {th:g} (mean IoU {score_:.3f})")
-        print(format_masks(result["masks"]))
+        print(format_masks(result["mask_sweep"]))
     if result["edits"]:
         print(f"\nedits on held_out({args.n}); kept-region dB: outside the object (shape colour) or inside it "
               "(background)")
