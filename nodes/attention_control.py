@@ -63,7 +63,7 @@ class AttentionControl:
     anchor_maps: dict[SiteKey, torch.Tensor] = field(default_factory=dict)
     #: joint-attention (Flux-style) models only: the image's token grid, set by the guider per call
     image_grid: tuple[int, int] | None = None
-    #: when a list, every joint-attention anchor map is also kept here with its sigma (Attention Mask)
+    #: when a list, every anchor map recorded is also kept here with its sigma (Attention Mask)
     history: list[AttentionRecord] | None = None
 
     def begin_evaluation(self) -> None:
@@ -101,12 +101,15 @@ class AttentionControl:
             site = ("joint", str(options.get("block_type", "?")), int(options["block_index"]), 0)
         else:
             site = ("joint", "call", len(self.anchor_maps), 0)
-        self.anchor_maps[site] = torch.cat(parts, dim=-1).reshape(-1, h, w)
+        self._keep(site, torch.cat(parts, dim=-1).reshape(-1, h, w), options)
+
+    def _keep(self, site: SiteKey, anchor: torch.Tensor, options: dict[str, Any]) -> None:
+        """This evaluation's anchor map of ``site`` (batch, h, w), and its copy in ``history`` when kept."""
+        self.anchor_maps[site] = anchor
         if self.history is not None:
             sigmas = options.get("sigmas")
             sigma = float(sigmas.flatten()[0]) if sigmas is not None else float("nan")
-            self.history.append(AttentionRecord(site[1:], "joint", sigma, 0,
-                                                self.anchor_maps[site].unsqueeze(1).detach().cpu()))
+            self.history.append(AttentionRecord(site[1:], site[0], sigma, 0, anchor.unsqueeze(1).detach().cpu()))
 
     def _positive_rows(self, q: torch.Tensor, extra: dict[str, Any]) -> slice | None:
         kinds = list(extra.get("cond_or_uncond", [0]))
@@ -125,7 +128,7 @@ class AttentionControl:
             self.recorded[site] = probs
         h, w = spatial_grid(extra, probs.shape[2])
         anchor = probs[..., self.anchor_positions].sum(-1).mean(1)  # B, HW: sum over the word's tokens
-        self.anchor_maps[site] = anchor.reshape(-1, h, w)
+        self._keep(site, anchor.reshape(-1, h, w), extra)
 
     def _inject(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra: dict[str, Any], site: SiteKey,
                 prev: Any) -> torch.Tensor:

@@ -16,11 +16,10 @@ import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
 from ..solvers import InversionState
-from .attention_capture import AttentionRecorder, normalise, patch_recorder
+from .attention_capture import AttentionRecorder, normalise
 from .attention_control import (
     RESOLUTIONS,
     AttentionControl,
-    is_joint_attention_model,
     patch_control,
     select_resolution,
 )
@@ -58,7 +57,7 @@ def _resolution_filter(recorder: AttentionRecorder, resolution: str) -> Any:
 
 def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: str, words: str,
                    resolution: str = "all", start: float = 0.0, end: float = 1.0) -> torch.Tensor:
-    """(batch, H, W) min-max normalised mean attention of ``words`` at the latent's size."""
+    """(batch, H, W) min-max normalised attention of ``words`` (their tokens summed) at the latent's size."""
     _check_guider(guider)
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"{NAME}: inputs 'start' and 'end' must satisfy 0 <= start < end <= 1 (got {start}, "
@@ -68,15 +67,11 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     except ValueError as err:
         raise ValueError(f"{NAME}: input 'words': {err}") from err
     tokens = sorted({p for ps in positions.values() for p in ps})
-    recorder = AttentionRecorder(tokens)
-    diffusion_model = guider.model_patcher.model.diffusion_model
-    if is_joint_attention_model(diffusion_model):  # Flux, SD3: the words' tokens summed, per joint attention
-        patch = int(getattr(diffusion_model, "patch_size", 1))
-        control = AttentionControl(tokens, [], phase="record", history=recorder.records,
-                                   image_grid=tuple(-(-s // patch) for s in inversion.shape[-2:]))
-        patched = patch_control(guider.model_patcher, control)
-    else:
-        patched = patch_recorder(guider.model_patcher, recorder)
+    recorder = AttentionRecorder(tokens)  # holds the maps (the words' tokens summed) and averages them
+    patch = int(getattr(guider.model_patcher.model.diffusion_model, "patch_size", 1))  # DiTs' token grid
+    control = AttentionControl(tokens, [], phase="record", history=recorder.records,
+                               image_grid=tuple(-(-s // patch) for s in inversion.shape[-2:]))
+    patched = patch_control(guider.model_patcher, control)
     solver = solver_for_state(inversion, NAME)
     run_edit(_guider_with_model(guider, patched), solver, inversion, NAME)
     sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # the reconstruction's steps, noisy first
@@ -89,7 +84,7 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     size = tuple(inversion.shape[-2:])
     maps = recorder.mean_map(size, select=lambda r: r.sigma in chosen_sigmas
                              and (by_resolution is None or by_resolution(r)))
-    return normalise(maps.mean(dim=1)).clamp(0, 1)  # mean over the words' tokens, per image
+    return normalise(maps[:, 0]).clamp(0, 1)  # the words' summed map, min-max scaled per image
 
 
 class AttentionMask(io.ComfyNode):
