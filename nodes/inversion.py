@@ -22,6 +22,8 @@ from .common import (
 from .fingerprint import conditioning_fingerprint, model_fingerprint
 from .model_adapter import run_edit, run_inversion, schedule_for
 from .storage import creation_info
+from .uncond import META as NULL_TEXT_META
+from .uncond import UNCOND_CONTEXT
 
 INVERT = "Invert"
 EDIT = "Edit from Inversion"
@@ -124,6 +126,7 @@ class Edit(io.ComfyNode):
         if sigmas is not None:
             _check_same_grid(sigmas, inversion)
         _check_reconstruction_branch(guider, inversion)
+        _check_null_text(guider, inversion)
         solver = solver_for_state(inversion, EDIT)
         out = run_edit(guider, solver, inversion, EDIT)
         return io.NodeOutput({"samples": out})
@@ -161,6 +164,23 @@ def _check_reconstruction_branch(guider: Any, inversion: InversionState) -> None
                         "connect the same source conditioning and set cfg to the inversion's, or the reconstruction "
                         "branch will not rebuild the image", EDIT, f"cfg {now['cfg']:g}",
                         (inversion.meta.get("conditioning") or {}).get("cfg"))
+
+
+def _check_null_text(guider: Any, inversion: InversionState) -> None:
+    """Per-step unconditional embeddings replace the guider's negative: it needs one, and the cfg they were
+    optimised for (NPI's hold at any cfg)."""
+    if UNCOND_CONTEXT not in inversion.extras:
+        return
+    info = inversion.meta.get(NULL_TEXT_META) or {}
+    method, made_cfg = info.get("method", "null-text"), info.get("cfg")
+    if "negative" not in (getattr(guider, "original_conds", None) or {}):
+        raise ValueError(f"{EDIT}: input 'inversion' carries per-step unconditional embeddings ({method}), which "
+                         "replace a guider's negative prompt; connect a CFGGuider (any negative) instead of "
+                         f"{type(guider).__name__}")
+    cfg = getattr(guider, "cfg", None)
+    if method != "npi" and made_cfg is not None and cfg is not None and not math.isclose(float(cfg), made_cfg):
+        logging.warning("%s: the inversion's embeddings were optimised for cfg %g but the guider uses cfg %g; the "
+                        "source is only reconstructed faithfully at cfg %g", EDIT, made_cfg, float(cfg), made_cfg)
 
 
 def _check_same_grid(sigmas: torch.Tensor, inversion: InversionState) -> None:

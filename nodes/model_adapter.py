@@ -24,6 +24,7 @@ import latent_preview
 import torch
 
 from ..solvers import InversionState, Schedule, Solver, StepHook
+from .uncond import UncondSchedule, step_index
 
 PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 
@@ -175,12 +176,15 @@ class EditRun(SolverSampler):
     """Single-use sampler for Edit: runs ``solver.sample`` from an inverted state.
 
     A guider that runs branches side by side (blended guidance) may widen ``latents`` and set
-    ``step_hook`` before sampling (see ``solvers.base.StepHook``).
+    ``step_hook`` before sampling (see ``solvers.base.StepHook``). ``uncond`` (null-text inversion and
+    its relatives) replaces the guider's negative conditioning step by step.
     """
 
-    def __init__(self, solver: Solver, node: str, latents: dict[str, torch.Tensor]) -> None:
+    def __init__(self, solver: Solver, node: str, latents: dict[str, torch.Tensor],
+                 uncond: UncondSchedule | None = None) -> None:
         super().__init__(solver, node)
         self.latents = latents
+        self.uncond = uncond
         self.step_hook: StepHook | None = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
@@ -188,10 +192,28 @@ class EditRun(SolverSampler):
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
         latents = {k: v.to(noise.device) for k, v in self.latents.items()}
-        with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
-            out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback),
-                                     hook=self.step_hook)
+        conds = model_wrap.conds
+        negative = conds.get("negative")
+        if self.uncond is not None:
+            denoise = self._per_step_uncond(denoise, conds, self.uncond.negatives(negative, noise.device))
+        try:
+            with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
+                out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback),
+                                         hook=self.step_hook)
+        finally:
+            conds["negative"] = negative
         return out.to(torch.float32)
+
+    def _per_step_uncond(self, denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], conds: dict,
+                         per_step: list[list[dict]]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        assert self.uncond is not None
+        grid = self.uncond.grid
+
+        def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+            conds["negative"] = per_step[step_index(grid, sigma)]
+            return denoise(x, sigma)
+
+        return run
 
 
 def _sample_through(guider: Any, run: SolverSampler, noise: torch.Tensor, latent: torch.Tensor,
@@ -223,6 +245,15 @@ def run_inversion(guider: Any, solver: Solver, latent: torch.Tensor, sigmas: tor
 
 
 def run_edit(guider: Any, solver: Solver, state: InversionState, node: str) -> torch.Tensor:
-    """Run an inverted state back down its own grid through ``guider``; returns a LATENT-space tensor."""
+    """Run an inverted state back down its own grid through ``guider``; returns a LATENT-space tensor.
+
+    Per-step unconditional embeddings stored in the state (null-text inversion, NPI) replace the
+    guider's negative conditioning.
+    """
     zeros = torch.zeros(state.shape, dtype=torch.float32)
-    return _sample_through(guider, EditRun(solver, node, state.latents), zeros, zeros, state.sigmas)
+    try:
+        uncond = UncondSchedule.from_extras(state.extras, state.sigmas)
+    except ValueError as err:
+        raise ValueError(f"{node}: input 'inversion' is damaged: its {err}") from err
+    run = EditRun(solver, node, state.latents, uncond)
+    return _sample_through(guider, run, zeros, zeros, state.sigmas)
