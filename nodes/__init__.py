@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-from . import attention_mask, blended_guidance, inversion, samplers, storage, toy_model
+from . import attention_mask, blended_guidance, inversion, nulltext, samplers, storage, toy_model
 
 
 class ExactInversionExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         return [*samplers.NODES, *inversion.NODES, *storage.NODES, *toy_model.NODES, *attention_mask.NODES,
-                *blended_guidance.NODES]
+                *blended_guidance.NODES, *nulltext.NODES]

@@ -4,7 +4,8 @@ EXPECTED = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversio
             "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
             "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
-            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance"}
+            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance",
+            "ExactInversion_NullTextInversion"}
 
 
 def test_loads_without_import_failure(host):

@@ -1,0 +1,544 @@
+"""Null-text inversion, negative-prompt inversion and bias correction: faithful reconstructions at high cfg.
+
+algorithms.md §6 (NTI, NPI) and §7 (latent trajectory optimisation). All three invert the image with
+the source prompt alone (guidance 1, the *pivot*), then make the guider's cfg (e.g. 7.5) follow it:
+
+* ``nti`` (Mokady et al.): per grid step, Adam on the unconditional text embedding so that one
+  sampling step at the guider's cfg from the reconstructed state lands on the pivot's next state.
+  Warm start from the previous step, lr ``1e-2·(1 − i/2N)``, early stop below ``ε·(1 + 100·i/N)``
+  (the paper's ``ε + i·2e-5`` at N = 50), ``inner_steps`` iterations at most.
+* ``bias_correction`` (latent-TOP): the same trajectory loss with a learnable noise bias on z_T too,
+  chosen among ``starts`` random starts by the lowest first-step loss and optimised jointly with the
+  text bias at the first step. The text bias is additive (``C_null + z_null``): the same parameter as
+  NTI's embedding, so it shares its optimiser settings.
+* ``npi`` (Miyake et al.): no optimisation; the source prompt is the unconditional embedding at
+  every step, so the source branch at any cfg is the pivot itself.
+
+The result is an INVERSION whose per-step unconditional embeddings (``nodes/uncond.py``) replace the
+negative of whatever guider Edit is given. Optimisation needs gradients through the model, which
+ComfyUI runs under ``torch.inference_mode``; ``autograd_ready`` lifts that locally (see its docstring).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import torch
+from comfy_api.latest import io
+
+from ..solvers import DDIM, InversionState, Schedule, Solver, check_sigmas
+from .common import CATEGORY, Inversion, check_latent_channels, latent_samples, node_id, solver_of
+from .fingerprint import conditioning_fingerprint, model_fingerprint
+from .inversion import NOISE, SOURCE
+from .model_adapter import (
+    SolverSampler,
+    _sample_through,
+    fractional_timesteps,
+    make_step_callback,
+    schedule_for,
+    schedule_for_sampling,
+)
+from .storage import creation_info
+from .uncond import META, UNCOND_CONTEXT, UNCOND_POOLED, context_of, detached, with_uncond
+
+NAME = "Null-text Inversion"
+METHODS = ("nti", "npi", "bias_correction")
+#: how the early-stop threshold moves over the steps: the paper's grows from eps to 100·eps at the last
+#: step; "tightening" runs the other way, for latents that are the image itself (see threshold_at)
+EARLY_STOP_SCHEDULES = ("growing", "tightening")
+#: Adam's epsilon (torch's default, as the reference code uses).
+ADAM_EPS = 1e-8
+
+
+@dataclass
+class NullTextSettings:
+    """The method and its optimiser settings (paper defaults; see the module docstring)."""
+
+    method: str = "nti"
+    inner_steps: int = 10
+    learning_rate: float = 1e-2
+    early_stop: float = 1e-5
+    early_stop_schedule: str = "growing"
+    starts: int = 20
+    hops: int = 0
+    start_scale: float = 0.01
+    seed: int = 0
+
+    def learning_rate_at(self, step: int, steps: int) -> float:
+        return self.learning_rate * (1.0 - step / (2.0 * steps))
+
+    def threshold_at(self, step: int, steps: int) -> float:
+        """The paper's ``eps + i·2e-5`` (eps = 1e-5, 50 steps) is ``eps·(1 + 100·i/N)``: loose at the last steps.
+
+        "tightening" mirrors it (``eps·(1 + 100·(N−1−i)/N)``): the last step's loss *is* the
+        reconstruction error, so the embedded model (whose latent is the image) needs it tightest there.
+        """
+        remaining = step if self.early_stop_schedule == "growing" else steps - 1 - step
+        return self.early_stop * (1.0 + 100.0 * remaining / steps)
+
+
+@dataclass
+class Passes:
+    """Model evaluations of one conditioning for the whole batch: a batched cond + uncond call is 2."""
+
+    forward: int = 0
+    backward: int = 0
+    pending: int = 0  # passes in the graph the next backward() runs through
+
+    def backwarded(self) -> None:
+        self.backward += self.pending
+        self.pending = 0
+
+
+@dataclass
+class StepLog:
+    iterations: list[int] = field(default_factory=list)
+    first_losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    skipped: int = 0
+
+
+@contextlib.contextmanager
+def autograd_ready(modules: list[torch.nn.Module], copy_saved: bool = False) -> Iterator[None]:
+    """Gradients through models whose weights are inference tensors (ComfyUI loads them in inference mode).
+
+    Inference tensors cannot be saved for backward, so for the duration every such parameter and
+    buffer is swapped for a normal copy, and restored after. This holds a second copy of the weights
+    (the price of backpropagating at all); the weights themselves never require grad, so only the
+    embeddings (and the noise bias) get gradients.
+
+    ``copy_saved`` keeps private copies of the activations autograd saves: ComfyUI's UNet adds
+    ControlNet outputs to its skip connections in place (``apply_control``), after the next block
+    saved them, which autograd would otherwise refuse. It costs a second copy of those activations.
+    """
+    swapped: list[tuple[dict, str, torch.Tensor]] = []
+    frozen: list[torch.Tensor] = []
+    saved = torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t) if copy_saved \
+        else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), saved:
+        try:
+            for module in modules:
+                for sub in module.modules():
+                    for store in (sub._parameters, sub._buffers):
+                        for name, t in list(store.items()):
+                            if t is None:
+                                continue
+                            if t.is_inference():
+                                copy = t.detach().clone()
+                                swapped.append((store, name, t))
+                                store[name] = torch.nn.Parameter(copy, requires_grad=False) \
+                                    if isinstance(t, torch.nn.Parameter) else copy
+                            elif t.requires_grad:  # a model built outside ComfyUI: no weight gradients either
+                                t.requires_grad_(False)
+                                frozen.append(t)
+            yield
+        finally:
+            for store, name, t in reversed(swapped):
+                store[name] = t
+            for t in frozen:
+                t.requires_grad_(True)
+
+
+def _modules_of(model_wrap: Any) -> list[torch.nn.Module]:
+    """The diffusion model, then any ControlNet/adapter modules the conds carry."""
+    modules = [model_wrap.inner_model]
+    for conds in model_wrap.conds.values():
+        for entry in conds or []:
+            control = entry.get("control")
+            while control is not None:
+                modules.extend(v for v in vars(control).values() if isinstance(v, torch.nn.Module))
+                control = getattr(control, "previous_controlnet", None)
+    return modules
+
+
+class _Evaluator:
+    """Model evaluations through the guider's processed conds, so ControlNet, patches and hooks apply."""
+
+    def __init__(self, model_wrap: Any, extra_args: dict[str, Any], passes: Passes) -> None:
+        self.model = model_wrap.inner_model
+        self.options = extra_args.get("model_options", {})
+        self.positive = detached(model_wrap.conds.get("positive"))
+        self.negative = detached(model_wrap.conds.get("negative"))
+        self.cfg = float(model_wrap.cfg)
+        self.passes = passes
+        self._cache: tuple[float, torch.Tensor, torch.Tensor] | None = None
+
+    def _timestep(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+
+    def conditional(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x0 at guidance 1: the source prompt alone (the pivot's denoiser)."""
+        t = self._timestep(x, sigma)
+        self.passes.forward += 1
+        return comfy.samplers.calc_cond_batch(self.model, [self.positive], x, t, self.options)[0]
+
+    def guided(self, x: torch.Tensor, sigma: torch.Tensor, context: torch.Tensor,
+               pooled: torch.Tensor | None) -> torch.Tensor:
+        """x0 at the guider's cfg with ``context`` (which may require grad) as the unconditional text.
+
+        While x carries no gradient the conditional prediction is computed once per (x, sigma) and
+        reused, as the reference computes it once per step: only the unconditional pass is repeated
+        and backpropagated.
+        """
+        t = self._timestep(x, sigma)
+        negative = with_uncond(self.negative, context, pooled)
+        if x.requires_grad:
+            cond, uncond = comfy.samplers.calc_cond_batch(self.model, [self.positive, negative], x, t, self.options)
+            self.passes.forward += 2
+            self.passes.pending += 2
+        else:
+            cond = self._conditional_cached(x, sigma, t)
+            (uncond,) = comfy.samplers.calc_cond_batch(self.model, [negative], x, t, self.options)
+            self.passes.forward += 1
+            self.passes.pending += int(torch.is_grad_enabled() and context.requires_grad)
+        return comfy.samplers.cfg_function(self.model, cond, uncond, self.cfg, x, t, self.options,
+                                           cond=self.positive, uncond=negative)
+
+    def _conditional_cached(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        key = float(sigma)
+        if self._cache is not None and self._cache[0] == key and self._cache[1].shape == x.shape \
+                and torch.equal(self._cache[1], x):
+            return self._cache[2]
+        with torch.no_grad():
+            cond = comfy.samplers.calc_cond_batch(self.model, [self.positive], x, t, self.options)[0]
+        self.passes.forward += 1
+        self._cache = (key, x.detach().clone(), cond)
+        return cond
+
+    def npi(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x0 at the guider's cfg with the source prompt as the unconditional: Edit's exact layout."""
+        context, pooled = context_of(self.positive, f"{NAME}: the guider's positive")
+        t = self._timestep(x, sigma)
+        negative = with_uncond(self.negative, context, pooled)
+        cond, uncond = comfy.samplers.calc_cond_batch(self.model, [self.positive, negative], x, t, self.options)
+        self.passes.forward += 2
+        return comfy.samplers.cfg_function(self.model, cond, uncond, self.cfg, x, t, self.options,
+                                           cond=self.positive, uncond=negative)
+
+
+def _trajectory(solver: Solver, denoise: Callable, x0: torch.Tensor, grid: torch.Tensor,
+                schedule: Schedule) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The solver's inversion and its state at every grid level (index i: at grid[i])."""
+    n = len(grid) - 1
+    levels: list[torch.Tensor | None] = [None] * (n + 1)
+    levels[n] = x0.to(solver.state_dtype)
+
+    def record(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
+        levels[n - 1 - step] = x.detach()
+
+    latents = solver.invert(denoise, x0, grid, schedule, record)
+    assert all(v is not None for v in levels), "the solver did not report every inversion step"
+    return latents, levels  # type: ignore[return-value]
+
+
+def _per_image_loss(x: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image in the model's own (vp) coordinates, as the reference measures it."""
+    diff = (x - target.to(x)) * scale.to(x)
+    return diff.pow(2).flatten(1).mean(1)
+
+
+class _NullTextRun(SolverSampler):
+    """Single-use sampler: pivot inversion, then the chosen method, inside the guider's sampling setup."""
+
+    def __init__(self, solver: Solver, settings: NullTextSettings, latent_is_zero: bool) -> None:
+        super().__init__(solver, NAME)
+        self.settings = settings
+        #: the solver whose steps follow the pivot (and that Edit runs): a coupled solver's pivot (EDICT's x,
+        #: BDIA's levels) is followed with DDIM steps, since one embedding cannot steer two coupled states
+        single = solver.latent_names == ("x",) or settings.method == "npi"
+        self.step_solver: Solver = solver if single else DDIM(state_dtype=solver.state_dtype_name)
+        self.latent_is_zero = latent_is_zero
+        self.passes = Passes()
+        self.log = StepLog()
+        self.latents: dict[str, torch.Tensor] | None = None
+        self.extras: dict[str, torch.Tensor] = {}
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        if self.latent_is_zero:  # the guider skips process_latent_in for an all-zero latent
+            latent_image = model_wrap.inner_model.process_latent_in(latent_image)
+        sampling = model_wrap.inner_model.model_sampling
+        schedule = schedule_for_sampling(sampling, NAME)
+        grid = check_sigmas(sigmas, schedule)
+        ev = _Evaluator(model_wrap, extra_args, self.passes)
+        with fractional_timesteps(sampling, sigmas):
+            if self.settings.method == "npi":
+                self.latents = self.solver.invert(ev.npi, latent_image, grid, schedule)
+                context, pooled = context_of(ev.positive, f"{NAME}: the guider's positive")
+                self._store(context.unsqueeze(0), pooled)
+            else:
+                _, pivot = _trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
+                modules = _modules_of(model_wrap)
+                with autograd_ready(modules, copy_saved=len(modules) > 1):
+                    pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
+                    self._optimise(ev, pivot, grid.clone(), schedule, model_wrap, callback)
+        assert self.latents is not None
+        return self.latents["x"].to(torch.float32)
+
+    def _store(self, context: torch.Tensor, pooled: torch.Tensor | None) -> None:
+        self.extras[UNCOND_CONTEXT] = context.detach().to("cpu", torch.float32).contiguous()
+        if pooled is not None:
+            self.extras[UNCOND_POOLED] = pooled.detach().to("cpu", torch.float32).contiguous()
+
+    def _optimise(self, ev: _Evaluator, pivot: list[torch.Tensor], grid: torch.Tensor, schedule: Schedule,
+                  model_wrap: Any, callback: Any) -> None:
+        """NTI / bias correction along the pivot, step by step (noisiest first)."""
+        s = self.settings
+        n = len(grid) - 1
+        null0, pooled = context_of(ev.negative, f"{NAME}: the guider's negative")
+        batch = pivot[0].shape[0]
+        null = comfy.utils.repeat_to_batch_size(null0.detach(), batch).to(torch.float32).clone()
+        x = pivot[0].detach().clone()
+        noise_bias: torch.Tensor | None = None
+        if s.method == "bias_correction":
+            noise_bias = self._best_start(ev, x, null, pooled, pivot[1], grid, schedule)
+        fp16 = _compute_dtype(model_wrap.inner_model) == torch.float16
+        step_cb = make_step_callback(callback)
+        nulls = []
+        for i in range(n):
+            params = [null.requires_grad_(True)]
+            if i == 0 and noise_bias is not None:
+                params.append(noise_bias.requires_grad_(True))
+            self._fit_step(ev, params, x, null, noise_bias if i == 0 else None, pooled, pivot[i + 1],
+                           grid, i, schedule, fp16)
+            null = null.detach()
+            if i == 0 and noise_bias is not None:
+                x = (x + noise_bias.detach()).detach()
+                self.latents = {"x": x.clone()}
+            nulls.append(null.clone())
+            with torch.no_grad():
+                x = self._one_step(ev, x, null, pooled, grid, i, schedule).detach()
+            if step_cb is not None:
+                step_cb(i, n, x, None)
+        if self.latents is None:
+            self.latents = {"x": pivot[0].detach().clone()}
+        self._store(torch.stack(nulls), pooled)
+
+    def _one_step(self, ev: _Evaluator, x: torch.Tensor, null: torch.Tensor, pooled: torch.Tensor | None,
+                  grid: torch.Tensor, i: int, schedule: Schedule) -> torch.Tensor:
+        """The solver's own sampling step i at the guider's cfg with ``null`` as the unconditional."""
+        return self.step_solver.sample(lambda z, sg: ev.guided(z, sg, null, pooled), {"x": x}, grid[i:i + 2],
+                                       schedule)
+
+    def _fit_step(self, ev: _Evaluator, params: list[torch.Tensor], x: torch.Tensor,
+                  null: torch.Tensor, noise_bias: torch.Tensor | None, pooled: torch.Tensor | None,
+                  target: torch.Tensor, grid: torch.Tensor, i: int, schedule: Schedule, fp16: bool) -> None:
+        s, n = self.settings, len(grid) - 1
+        scale = schedule.scale(grid[i + 1])
+        threshold = s.threshold_at(i, n) if s.early_stop > 0 else -math.inf
+        loss_scale: float | None = None if fp16 else 1.0
+        optimiser: torch.optim.Adam | None = None
+        done = 0
+        for _ in range(s.inner_steps):
+            z = x if noise_bias is None else x + noise_bias
+            per_image = _per_image_loss(self._one_step(ev, z, null, pooled, grid, i, schedule), target, scale)
+            loss = per_image.sum()
+            if done == 0:
+                self.log.first_losses.append(float(per_image.detach().max()))
+            if loss_scale is None:  # fp16 backward: scale so gradients stay above fp16's smallest number
+                loss_scale = 1.0 / max(float(loss.detach()), 1e-30)
+            if optimiser is None:  # Adam is invariant to a constant gradient scale when eps scales with it
+                optimiser = torch.optim.Adam(params, lr=s.learning_rate_at(i, n), eps=ADAM_EPS * loss_scale)
+            optimiser.zero_grad()
+            (loss * loss_scale).backward()
+            self.passes.backwarded()
+            if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
+                optimiser.step()
+            else:
+                self.log.skipped += 1
+            done += 1
+            if float(per_image.detach().max()) < threshold:
+                break
+        self.log.iterations.append(done)
+        self.log.losses.append(float(per_image.detach().max()))
+
+    def _best_start(self, ev: _Evaluator, x: torch.Tensor, null: torch.Tensor, pooled: torch.Tensor | None,
+                    target: torch.Tensor, grid: torch.Tensor, schedule: Schedule) -> torch.Tensor:
+        """Multi-start noise bias: per image, the candidate (zero among them) with the lowest first-step loss.
+
+        Candidates are N(0, (start_scale·std(z_T))²); each may take ``hops`` random moves of the same
+        size, kept when they lower the loss.
+        """
+        s = self.settings
+        gen = torch.Generator().manual_seed(s.seed)
+        size = s.start_scale * float(x.detach().std())
+        scale = schedule.scale(grid[1])
+
+        def loss_of(bias: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return _per_image_loss(self._one_step(ev, x + bias, null, pooled, grid, 0, schedule), target, scale)
+
+        def draw() -> torch.Tensor:
+            return (torch.randn(x.shape, generator=gen, dtype=torch.float64) * size).to(x)
+
+        best = torch.zeros_like(x)
+        best_loss = loss_of(best)
+        for _ in range(1, max(s.starts, 1)):
+            cand = draw()
+            cand_loss = loss_of(cand)
+            for _ in range(s.hops):
+                hop = cand + draw()
+                hop_loss = loss_of(hop)
+                better = hop_loss < cand_loss
+                cand = torch.where(better.view(-1, *[1] * (x.ndim - 1)), hop, cand)
+                cand_loss = torch.minimum(hop_loss, cand_loss)
+            better = cand_loss < best_loss
+            best = torch.where(better.view(-1, *[1] * (x.ndim - 1)), cand, best)
+            best_loss = torch.minimum(cand_loss, best_loss)
+        return best.detach().clone()
+
+
+def _compute_dtype(model: Any) -> torch.dtype:
+    return getattr(model, "manual_cast_dtype", None) or model.get_dtype()
+
+
+def check_settings(settings: NullTextSettings) -> None:
+    """Clear errors for inputs the widgets' ranges do not already rule out."""
+    if settings.method not in METHODS:
+        raise ValueError(f"{NAME}: input 'method' must be one of {', '.join(METHODS)}; got {settings.method!r}")
+    if settings.inner_steps < 1:
+        raise ValueError(f"{NAME}: input 'inner_steps' must be at least 1")
+    if settings.learning_rate <= 0:
+        raise ValueError(f"{NAME}: input 'learning_rate' must be positive")
+    if settings.early_stop < 0:
+        raise ValueError(f"{NAME}: input 'early_stop' must be 0 (off) or positive")
+    if settings.early_stop_schedule not in EARLY_STOP_SCHEDULES:
+        raise ValueError(f"{NAME}: input 'early_stop_schedule' must be one of {', '.join(EARLY_STOP_SCHEDULES)}")
+
+
+def _check_guider(guider: Any, settings: NullTextSettings) -> None:
+    conds = getattr(guider, "original_conds", None)
+    if getattr(guider, "model_patcher", None) is None or not isinstance(conds, dict) or "negative" not in conds \
+            or "positive" not in conds or not hasattr(guider, "cfg"):
+        raise ValueError(f"{NAME}: input 'guider' must be a CFGGuider (source prompt as positive, the empty prompt "
+                         "as negative, and the cfg you will edit at)")
+    if settings.method != "npi" and math.isclose(float(guider.cfg), 1.0):
+        raise ValueError(f"{NAME}: input 'guider' has cfg 1, where null-text optimisation has nothing to correct; "
+                         "set the cfg you will edit at (e.g. 7.5)")
+
+
+def null_text_invert(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict,
+                     settings: NullTextSettings) -> tuple[InversionState, torch.Tensor]:
+    """The node's work: an INVERSION with per-step unconditional embeddings, and z_T in LATENT space."""
+    check_settings(settings)
+    _check_guider(guider, settings)
+    model = guider.model_patcher
+    solver = solver_of(sampler, NAME)
+    samples = latent_samples(latent, NAME)
+    check_latent_channels(samples, model, NAME, "latent")
+    schedule = schedule_for(model, NAME)
+    grid = check_sigmas(sigmas, schedule, what=f"{NAME}: input 'sigmas'")
+    try:
+        warnings = solver.warnings(grid, schedule)
+    except ValueError as err:
+        raise ValueError(f"{NAME}: input 'sampler' cannot invert on this grid: {err}") from err
+    run = _NullTextRun(solver, settings, latent_is_zero=bool(torch.count_nonzero(samples) == 0))
+    z_top = _sample_through(guider, run, torch.zeros_like(samples), samples, grid)
+    assert run.latents is not None, "the guider did not call the sampler"
+    state = InversionState(solver=run.step_solver.name, params=run.step_solver.params(), schedule=schedule.kind,
+                           sigmas=grid,
+                           latents={k: v.detach().to("cpu") for k, v in run.latents.items()},
+                           extras=dict(run.extras))
+    state.extras[SOURCE] = samples.detach().to("cpu").clone()
+    state.extras[NOISE] = z_top.detach().to("cpu").clone()
+    state.meta.update(
+        model=model_fingerprint(model), conditioning=conditioning_fingerprint(guider), created=creation_info(),
+        warnings=warnings,
+        **{META: {**asdict(settings), "cfg": float(guider.cfg), "pivot_solver": solver.name,
+                  "forward_passes": run.passes.forward,
+                  "backward_passes": run.passes.backward, "iterations": run.log.iterations,
+                  "first_losses": run.log.first_losses, "final_losses": run.log.losses,
+                  "skipped_updates": run.log.skipped}},
+    )
+    if run.log.skipped:
+        logging.warning("%s: %d optimiser updates were skipped for non-finite fp16 gradients", NAME, run.log.skipped)
+    return state, z_top
+
+
+def summary(state: InversionState) -> str:
+    """One line for the node's UI text."""
+    info = state.meta.get(META, {})
+    line = f"{info.get('method')} at cfg {info.get('cfg', 0):g}: {info.get('forward_passes')} forward, " \
+           f"{info.get('backward_passes')} backward passes"
+    its = info.get("iterations") or []
+    if its:
+        line += f"; {sum(its)} inner iterations ({min(its)}-{max(its)} per step)"
+    return line
+
+
+class NullTextInversion(io.ComfyNode):
+    """Inverts an image so that an edit at high cfg starts from a faithful reconstruction."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("NullTextInversion"),
+            display_name=NAME,
+            category=CATEGORY,
+            description="Inversion for editing at high cfg. 'nti' learns one unconditional embedding per step "
+                        "(null-text inversion), 'bias_correction' also a noise offset, 'npi' uses the source prompt "
+                        "as the unconditional (no optimisation). Edit from Inversion applies the result to the "
+                        "negative of any guider you give it.",
+            inputs=[
+                io.Guider.Input("guider", tooltip="A CFGGuider: the source prompt (positive), the empty prompt "
+                                                  "(negative) and the cfg you will edit at (e.g. 7.5)."),
+                io.Sampler.Input("sampler", tooltip="The solver of the pivot inversion and of the edit: DDIM "
+                                                    "(inversion label 'next', as the paper), EES or AIDI. EDICT and "
+                                                    "BDIA give the pivot and DDIM follows it (with 'npi' they edit "
+                                                    "as themselves, exactly)."),
+                io.Sigmas.Input("sigmas", tooltip="The noise-level grid (noisy -> clean), as a scheduler outputs it."),
+                io.Latent.Input("latent", tooltip="The encoded image to invert."),
+                io.Combo.Input("method", options=list(METHODS), default="nti",
+                               tooltip="nti: null-text optimisation; npi: negative-prompt inversion (free); "
+                                       "bias_correction: nti plus a learnable noise offset with multiple starts."),
+                io.Int.Input("inner_steps", default=10, min=1, max=100,
+                             tooltip="Adam iterations per step at most (paper: 10)."),
+                io.Float.Input("learning_rate", default=1e-2, min=1e-5, max=1.0, step=1e-3,
+                               tooltip="Adam's learning rate at the first step; it falls linearly to half at the "
+                                       "last (paper: 0.01)."),
+                io.Float.Input("early_stop", default=1e-5, min=0.0, max=1.0, step=1e-6,
+                               tooltip="Stop a step's iterations once its loss (mean squared error of the step's "
+                                       "result against the pivot) is below this threshold; see early_stop_schedule. "
+                                       "0: always run inner_steps."),
+                io.Combo.Input("early_stop_schedule", options=list(EARLY_STOP_SCHEDULES), default="growing",
+                               tooltip="growing: the paper's, the threshold grows to 100x early_stop at the last "
+                                       "step; tightening: it shrinks to early_stop at the last step, where the "
+                                       "loss is the reconstruction's own error (better for pixel-space models)."),
+                io.Int.Input("starts", default=20, min=1, max=1000,
+                             tooltip="bias_correction: random starts of the noise offset (the zero offset is one)."),
+                io.Int.Input("hops", default=0, min=0, max=100,
+                             tooltip="bias_correction: random moves per start, kept when they lower the loss."),
+                io.Float.Input("start_scale", default=0.01, min=0.0, max=1.0, step=0.001,
+                               tooltip="bias_correction: size of the starts and hops, relative to z_T's std."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="bias_correction: seed of the starts."),
+            ],
+            outputs=[
+                Inversion.Output("inversion", tooltip="Feed it to Edit from Inversion with a CFGGuider at the same "
+                                                      "cfg and your target prompt."),
+                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T, for previews."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict, method: str = "nti",
+                inner_steps: int = 10, learning_rate: float = 1e-2, early_stop: float = 1e-5,
+                early_stop_schedule: str = "growing", starts: int = 20, hops: int = 0, start_scale: float = 0.01,
+                seed: int = 0) -> io.NodeOutput:
+        settings = NullTextSettings(method=method, inner_steps=inner_steps, learning_rate=learning_rate,
+                                    early_stop=early_stop, early_stop_schedule=early_stop_schedule, starts=starts,
+                                    hops=hops, start_scale=start_scale, seed=seed)
+        state, z_top = null_text_invert(guider, sampler, sigmas, latent, settings)
+        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), summary(state)]})
+
+
+NODES = [NullTextInversion]
