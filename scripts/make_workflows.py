@@ -346,11 +346,70 @@ def toy_stochastic_variants(prefix: str = "exact_inversion/toy_variants") -> Gra
     return g
 
 
+#: the null-text workflows edit at the paper's cfg 7.5, where plain DDIM inversion falls apart on the toy model
+TOY_CFG_NULL_TEXT = 7.5
+#: NTI's optimiser on the embedded model (bench/nulltext.py, TOY_NTI): its pixel-space latent wants a larger
+#: step and an early stop that tightens towards the last step, whose loss is the reconstruction's error
+TOY_NTI = {"learning_rate": 0.1, "early_stop": 2e-4, "early_stop_schedule": "tightening"}
+
+
+def _null_text_widgets(method: str, **changes: Any) -> list[Any]:
+    """Null-text Inversion widgets: the node's defaults (the papers'), with ``changes``."""
+    import nodes as comfy_nodes
+
+    spec = comfy_nodes.NODE_CLASS_MAPPINGS["ExactInversion_NullTextInversion"].INPUT_TYPES()["required"]
+    names = ("inner_steps", "learning_rate", "early_stop", "early_stop_schedule", "starts", "hops", "start_scale",
+             "seed")
+    values = {name: spec[name][1]["default"] for name in names} | changes
+    return [method, *(values[name] for name in names)]
+
+
+def toy_null_text(method: str, solver_label: str, title: str, prefix: str, compare_plain: bool,
+                  **changes: Any) -> Graph:
+    """Invert at cfg 7.5 with ``method`` and edit at cfg 7.5 with a plain CFGGuider (Edit applies the learned
+    embeddings to its negative); with ``compare_plain`` also a plain DDIM inversion at cfg 7.5 beside it."""
+    g = Graph()
+    n = _toy_inputs(g)
+    loader = n["loader"]
+    g_src = g.add("CFGGuider", [TOY_CFG_NULL_TEXT], 2, 0, "Source guider (cfg 7.5)", model=loader.out(0),
+                  positive=n["src"].out(0), negative=n["neg"].out(0))
+    g_tgt = g.add("CFGGuider", [TOY_CFG_NULL_TEXT], 2, 1, "Target guider (cfg 7.5)", model=loader.out(0),
+                  positive=n["tgt"].out(0), negative=n["neg"].out(0))
+    sigmas = g.add("BasicScheduler", ["normal", TOY_STEPS, 1.0], 2, 2, model=loader.out(0))
+    node_type, widgets = {"DDIM": ("ExactInversion_DDIMSolver", ["next", "float64"]),
+                          "EDICT": ("ExactInversion_EDICTSolver", TOY_SOLVER_WIDGETS["EDICT"])}[solver_label]
+    solver = g.add(node_type, widgets, 2, 3, f"{solver_label} solver")
+    inv = g.add("ExactInversion_NullTextInversion", _null_text_widgets(method, **changes), 3, 0, title,
+                guider=g_src.out(0), sampler=solver.out(0), sigmas=sigmas.out(0), latent=n["enc"].out(0))
+    rows = [(method, inv)]
+    if compare_plain:
+        plain = g.add("ExactInversion_Invert", [], 3, 2, "Plain DDIM inversion at cfg 7.5", guider=g_src.out(0),
+                      sampler=solver.out(0), sigmas=sigmas.out(0), latent=n["enc"].out(0))
+        rows.append(("plain", plain))
+    for row, (label, node) in enumerate(rows):
+        recon = g.add("ExactInversion_Edit", [], 4, 2 * row, f"Reconstruct: {label}", guider=g_src.out(0),
+                      inversion=node.out(0))
+        edit = g.add("ExactInversion_Edit", [], 4, 2 * row + 1, f"Edit: {label}", guider=g_tgt.out(0),
+                     inversion=node.out(0))
+        g.add("ExactInversion_RoundTripCheck", [], 5, 2 * row, f"Round-trip Check: {label}", inversion=node.out(0),
+              result_latent=recon.out(0))
+        _decode_save(g, n, recon.out(0), 6, 2 * row, f"{label} reconstruction", prefix)
+        _decode_save(g, n, edit.out(0), 6, 2 * row + 1, f"{label} edit", prefix)
+    return g
+
+
 WORKFLOWS = {
     "toy_invert_edit.json": lambda: toy_invert_edit(),
     "toy_attention_mask.json": lambda: toy_attention_mask(),
     "toy_blended_edit.json": lambda: toy_blended_edit(),
     "toy_stochastic_variants.json": lambda: toy_stochastic_variants(),
+    "toy_null_text_edit.json": lambda: toy_null_text("nti", "DDIM", "Null-text inversion (NTI)",
+                                                     "exact_inversion/toy_nti", compare_plain=True, **TOY_NTI),
+    "toy_npi_edit.json": lambda: toy_null_text("npi", "EDICT", "Negative-prompt inversion (NPI)",
+                                               "exact_inversion/toy_npi", compare_plain=False),
+    "toy_bias_corrected_edit.json": lambda: toy_null_text("bias_correction", "DDIM", "Bias correction",
+                                                          "exact_inversion/toy_bias", compare_plain=False,
+                                                          **TOY_NTI),
     "ddim_invert_edit.json": lambda: sd15_invert_edit(),
     "edict_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EDICTSolver", [0.93, "fixed", "float64"],
                                                        "exact_inversion/edict"),

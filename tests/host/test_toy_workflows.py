@@ -75,3 +75,34 @@ def test_stochastic_variants_differ_inside_the_object_only(host, truth):
         diff = (variants[a] - variants[b]).abs()
         assert float(diff[inside].mean()) > 0.01, (a, b)
         assert float(diff[inside].mean()) > 3 * float(diff[outside].mean()), (a, b)
+
+
+def _scores(images: dict[str, torch.Tensor], image: torch.Tensor, obj: torch.Tensor, label: str) -> dict[str, float]:
+    yellow = W.COLOURS.index("yellow")
+    edited = images[f"save {label} edit"]
+    return {"recon_psnr": float(J.psnr(images[f"save {label} reconstruction"], image)[0]),
+            "edit_success": float(J.colour_edit(edited, obj, yellow)["success"][0]),
+            "background_psnr": float(J.psnr_outside(edited, image, obj)[0])}
+
+
+def test_null_text_workflow_reconstructs_at_cfg_7_5_where_plain_ddim_inversion_cannot(host, truth):
+    image, obj = truth
+    images = run(host, "toy_null_text_edit.json")
+    nti, plain = _scores(images, image, obj, "nti"), _scores(images, image, obj, "plain")
+    assert nti["recon_psnr"] > plain["recon_psnr"] + 10.0, (nti, plain)
+    assert nti["edit_success"] == 1.0, nti
+    assert nti["background_psnr"] > plain["background_psnr"] + 3.0, (nti, plain)
+
+
+def test_npi_workflow_is_exact_with_edict_and_edits(host, truth):
+    image, obj = truth
+    s = _scores(run(host, "toy_npi_edit.json"), image, obj, "npi")
+    assert s["recon_psnr"] > 45.0, s  # the PNG's 8-bit rounding of an exact reconstruction
+    assert s["edit_success"] == 1.0, s
+
+
+def test_bias_corrected_workflow_reconstructs_and_edits(host, truth):
+    image, obj = truth
+    s = _scores(run(host, "toy_bias_corrected_edit.json"), image, obj, "bias_correction")
+    assert s["recon_psnr"] > 35.0, s
+    assert s["edit_success"] == 1.0, s
