@@ -200,7 +200,16 @@ class _Evaluator:
             (uncond,) = comfy.samplers.calc_cond_batch(self.model, [negative], x, t, self.options)
             self.passes.forward += 1
             self.passes.pending += int(torch.is_grad_enabled() and context.requires_grad)
-        return comfy.samplers.cfg_function(self.model, cond, uncond, self.cfg, x, t, self.options,
+        return self._combine(x, t, cond, uncond, negative)
+
+    def _combine(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                 negative: list) -> torch.Tensor:
+        """CFG as ``comfy.samplers.sampling_function`` does it, model patches (pre- and post-cfg) included."""
+        out = [cond, uncond]
+        for fn in self.options.get("sampler_pre_cfg_function", []):
+            out = fn({"conds": [self.positive, negative], "conds_out": out, "cond_scale": self.cfg, "timestep": t,
+                      "input": x, "sigma": t, "model": self.model, "model_options": self.options})
+        return comfy.samplers.cfg_function(self.model, out[0], out[1], self.cfg, x, t, self.options,
                                            cond=self.positive, uncond=negative)
 
     def _conditional_cached(self, x: torch.Tensor, sigma: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -221,8 +230,7 @@ class _Evaluator:
         negative = with_uncond(self.negative, context, pooled)
         cond, uncond = comfy.samplers.calc_cond_batch(self.model, [self.positive, negative], x, t, self.options)
         self.passes.forward += 2
-        return comfy.samplers.cfg_function(self.model, cond, uncond, self.cfg, x, t, self.options,
-                                           cond=self.positive, uncond=negative)
+        return self._combine(x, t, cond, uncond, negative)
 
 
 def _trajectory(solver: Solver, denoise: Callable, x0: torch.Tensor, grid: torch.Tensor,
@@ -272,7 +280,10 @@ class _NullTextRun(SolverSampler):
         ev = _Evaluator(model_wrap, extra_args, self.passes)
         with fractional_timesteps(sampling, sigmas):
             if self.settings.method == "npi":
-                self.latents = self.solver.invert(ev.npi, latent_image, grid, schedule)
+                # exact solvers invert through Edit's own batched layout (source as negative) to stay bit-exact;
+                # the others need only the source prompt's pass, as the paper counts it
+                self.latents = self.solver.invert(ev.npi if self.solver.exact else ev.conditional, latent_image,
+                                                  grid, schedule)
                 context, pooled = context_of(ev.positive, f"{NAME}: the guider's positive")
                 self._store(context.unsqueeze(0), pooled)
             else:

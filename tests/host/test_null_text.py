@@ -122,6 +122,10 @@ def test_npi_with_edict_is_exact_at_any_cfg_and_edits_with_the_source_as_negativ
     inv = null_text(node_classes, guider(node_classes, model, pos, neg, 7.5), edict(node_classes), sig, latent,
                     method="npi")[0]
     assert inv.meta["null_text"]["backward_passes"] == 0
+    assert inv.meta["null_text"]["forward_passes"] == 5 * 2 * 2  # EDICT: 2 evaluations per step, Edit's 2 rows
+    cheap = null_text(node_classes, guider(node_classes, model, pos, neg, 7.5), ddim(node_classes), sig, latent,
+                      method="npi")[0]
+    assert cheap.meta["null_text"]["forward_passes"] == 5  # DDIM at guidance 1: the paper's cost
     with torch.inference_mode():
         for cfg in (7.5, 3.0):
             rec = edit(node_classes, guider(node_classes, model, pos, neg, cfg), inv)["samples"]
