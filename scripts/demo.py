@@ -6,8 +6,9 @@ Model* node loads ``models/toy_model.safetensors`` (trained by scripts/train_toy
 inverts it with its caption (cfg 1), reconstructs it, and edits it to "a yellow circle on a green
 background" (cfg 4). The outputs are judged against the image's exact mask (toyworld.judge). Then
 ``toy_attention_mask.json`` and ``toy_blended_edit.json`` run the same way (the word 'red' as a mask; a
-plain and a blended-guidance edit from one EDICT inversion), and the DDIM round trip is measured on eps,
-v-prediction and flow versions of a tiny SD1-shaped model.
+plain and a blended-guidance edit from one EDICT inversion), then ``toy_null_text_edit.json`` (the same edit
+at cfg 7.5 from a null-text inversion and from a plain DDIM inversion), and the DDIM round trip is measured on
+eps, v-prediction and flow versions of a tiny SD1-shaped model.
 
 Usage: scripts/py scripts/demo.py [--out demo_output]
 """
@@ -27,6 +28,7 @@ sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO)]
 
 WORKFLOW = REPO / "workflows" / "toy_invert_edit.json"
 BLENDED_WORKFLOWS = (REPO / "workflows" / "toy_attention_mask.json", REPO / "workflows" / "toy_blended_edit.json")
+NULL_TEXT_WORKFLOW = REPO / "workflows" / "toy_null_text_edit.json"
 MODEL = REPO / "models" / "toy_model.safetensors"
 TARGET = ("circle", "yellow", "green")  # the workflow's target prompt, as (shape, shape colour, background)
 
@@ -122,6 +124,28 @@ def blended_results(out: Path) -> tuple[dict[str, Any], float]:
     return res, wall_mask + wall_edit
 
 
+def null_text_results(out: Path) -> tuple[dict[str, dict[str, Any]], float]:
+    """The null-text workflow: per inversion (NTI, plain DDIM; both at cfg 7.5) reconstruction and edit, judged."""
+    from toyworld import judge as J
+    from toyworld import world as W
+
+    names = {f"save {kind} {what}": f"{kind}_cfg7.5_{what}.png" for kind in ("nti", "plain")
+             for what in ("reconstruction", "edit")}
+    saved, wall = run_saved_images(NULL_TEXT_WORKFLOW, out, names)
+    source = W.held_out(1)
+    src = load_png(REPO / "workflows" / "toy_example.png")
+    res: dict[str, dict[str, Any]] = {}
+    for kind, label in (("plain", "DDIM"), ("nti", "NTI")):
+        rec, edit = (load_png(saved[f"{kind}_cfg7.5_{what}.png"]) for what in ("reconstruction", "edit"))
+        verdict = J.colour_edit(edit, source.hard, W.COLOURS.index(TARGET[1]))
+        res[label] = {"recon_psnr": float(J.psnr(rec, src)[0]), "edit_success": bool(verdict["success"][0]),
+                      "background_psnr": float(J.psnr_outside(edit, src, source.hard)[0]),
+                      "images": {"input": out / "input.png",
+                                 "reconstruction": saved[f"{kind}_cfg7.5_reconstruction.png"],
+                                 "edit": saved[f"{kind}_cfg7.5_edit.png"]}}
+    return res, wall
+
+
 def judge_results(results: dict[str, dict[str, Any]]) -> None:
     """Add image-space figures: reconstruction PSNR, edit success, background PSNR, what the judge reads."""
     from toyworld import judge as J
@@ -203,12 +227,16 @@ def main() -> None:
     comparison_grid(results, args.out / "grid.png")
     blended, wall_blended = blended_results(args.out)
     comparison_grid({"EDICT": blended}, args.out / "blended_grid.png", tuple(blended["images"]))
+    null_text, wall_null_text = null_text_results(args.out)
+    comparison_grid(null_text, args.out / "null_text_grid.png")
     rows = roundtrip_table()
     (args.out / "roundtrip.json").write_text(json.dumps(rows, indent=1))
     (args.out / "toy_results.json").write_text(json.dumps(
         {k: {f: v for f, v in r.items() if f != "images"} for k, r in results.items()}, indent=1))
     (args.out / "blended_results.json").write_text(json.dumps(
         {k: v for k, v in blended.items() if k != "images"}, indent=1))
+    (args.out / "null_text_results.json").write_text(json.dumps(
+        {k: {f: v for f, v in r.items() if f != "images"} for k, r in null_text.items()}, indent=1))
 
     lines = [
         "# Exact Inversion demo report", "",
@@ -240,6 +268,15 @@ def main() -> None:
         *[f"| {k} | {'yes' if blended[k]['edit_success'] else 'no'} | {blended[k]['background_psnr']:.1f} | "
           f"{blended[k]['shape_iou']:.2f} |" for k in ("plain edit", "blended edit")], "",
         "For 24 images, four solvers and four modes run `scripts/py bench/attention.py`.", "",
+        "## Editing at cfg 7.5: null-text inversion", "",
+        f"`workflows/toy_null_text_edit.json` ran in {wall_null_text:.1f} s: the same edit at cfg 7.5 from a plain "
+        "DDIM inversion at cfg 7.5 and from a *Null-text Inversion* (NTI, the embedded model's settings), each "
+        "reconstructed and edited with plain CFG guiders (`plain_cfg7.5_*.png`, `nti_cfg7.5_*.png`; "
+        "`null_text_grid.png`: input | reconstruction | edit).", "",
+        "| inversion at cfg 7.5 | recon PSNR dB | edit success | background PSNR dB |", "|---|---|---|---|",
+        *[f"| {k} | {r['recon_psnr']:.1f} | {'yes' if r['edit_success'] else 'no'} | {r['background_psnr']:.1f} |"
+          for k, r in null_text.items()], "",
+        "For NPI, bias correction and 8 images run `scripts/py bench/nulltext.py`.", "",
         "DDIM invert -> reconstruct with the same guider on a tiny random SD1-shaped model, as eps, v-prediction "
         "and flow (`roundtrip.json`, latent space):", "",
         "| model | steps | cfg | sigma_max | max-abs | relative | PSNR dB |",
@@ -252,7 +289,8 @@ def main() -> None:
     print("\n".join(lines))
     print(f"\nwrote {args.out}/: report.md, grid.png, input.png, <solver>_reconstruction.png, "
           "<solver>_edit.png, toy_results.json, roundtrip.json, mask_red.png, edict_plain_edit.png, "
-          "edict_blended_edit.png, blended_grid.png, blended_results.json")
+          "edict_blended_edit.png, blended_grid.png, blended_results.json, "
+          "{nti,plain}_cfg7.5_{reconstruction,edit}.png, null_text_grid.png, null_text_results.json")
 
 
 if __name__ == "__main__":
