@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 
 import comfy.model_management
 import pytest
@@ -21,7 +22,7 @@ NODE = "ExactInversion_NullTextInversion"
 
 
 def pack(name: str):
-    loader = next(m for n, m in importlib.sys.modules.items() if n.endswith("nodes.toy_model"))
+    loader = next(m for n, m in sys.modules.items() if n.endswith("nodes.toy_model"))
     return importlib.import_module(loader.__name__.rsplit(".", 1)[0] + "." + name)
 
 
@@ -304,3 +305,49 @@ def test_an_evaluation_belongs_to_the_step_whose_upper_level_it_is_at_or_below()
     assert [step_index(grid, s) for s in (14.6, 5.0, 1.2, 0.3)] == [0, 1, 2, 3]
     assert [step_index(grid, s) for s in (9.0, 3.0, 0.5, 0.1)] == [0, 1, 2, 3]  # EES stages between levels
     assert step_index(grid, torch.tensor([5.0, 5.0])) == 1  # a batch of one sigma
+
+
+@pytest.fixture(scope="module")
+def shipped_case(host, node_classes):
+    """The shipped embedded model, held-out image 0, its caption at cfg 7.5, 10 steps."""
+    from toyworld import world as W
+
+    loader = next(m for n, m in sys.modules.items() if n.endswith("nodes.toy_model"))
+    loader.set_model_folder(None)
+    loader.clear_cache()
+    with torch.inference_mode():
+        model, clip, vae = node_classes["ExactInversion_ToyModelLoader"].execute(model_file=loader.DEFAULT_FILE).result
+        batch = W.held_out(1)
+        encode = node_classes["CLIPTextEncode"]().encode
+        g = guider(node_classes, model, encode(clip, batch.captions[0])[0], encode(clip, "")[0], 7.5)
+        pixels = W.to_unit(batch.images).movedim(1, -1).contiguous()
+        latent = node_classes["VAEEncode"]().encode(vae, pixels)[0]
+    return node_classes, g, sigmas(node_classes, model, 10), latent, vae, batch.images
+
+
+def reconstruction_psnr(case, **settings) -> tuple[float, dict]:
+    from toyworld import judge as J
+
+    nodes, g, sig, latent, vae, image = case
+    inv = null_text(nodes, g, ddim(nodes), sig, latent, **settings)[0]
+    with torch.inference_mode():
+        rec = nodes["VAEDecode"]().decode(vae, edit(nodes, g, inv))[0].movedim(-1, 1) * 2 - 1
+    return float(J.psnr(rec, image)[0]), inv.meta["null_text"]
+
+
+def test_the_papers_early_stop_does_not_fit_the_embedded_model_tightening_does(shipped_case):
+    """Spec finding (algorithms.md §6.1): NTI's threshold 1e-5 + i·2e-5 is a mean squared error of SD latents.
+
+    On the embedded model (a pixel-space latent) no step's loss comes near it, so the paper's early stop
+    never fires; and its growing schedule loosens the last steps, whose loss is the reconstruction's own
+    error: at the same threshold and learning rate, the tightening schedule reconstructs far better.
+    """
+    _, paper = reconstruction_psnr(shipped_case)
+    settings = pack("nulltext").NullTextSettings()
+    assert paper["iterations"] == [10] * 10
+    assert min(paper["final_losses"]) > 5 * max(settings.threshold_at(i, 10) for i in range(10))
+    toy = {"learning_rate": 0.1, "early_stop": 2e-4}
+    growing, g_info = reconstruction_psnr(shipped_case, early_stop_schedule="growing", **toy)
+    tightening, t_info = reconstruction_psnr(shipped_case, early_stop_schedule="tightening", **toy)
+    assert g_info["iterations"][-1] == 1 and t_info["iterations"][-1] == 10
+    assert tightening > growing + 3.0, (tightening, growing)
