@@ -16,7 +16,16 @@ import pytest
 import torch
 from helpers import edit, guider, random_latent, sigmas
 from images import example_image
-from tiny import image_tensor, make_cond, make_controlnet, make_flux_cond, make_model, make_sd3_model
+from tiny import (
+    image_tensor,
+    make_cond,
+    make_controlnet,
+    make_flux_cond,
+    make_model,
+    make_sd3_model,
+    make_sdxl_cond,
+    make_sdxl_model,
+)
 
 NODE = "ExactInversion_NullTextInversion"
 
@@ -189,23 +198,33 @@ def test_save_and_load_keep_the_embeddings(node_classes, tiny, host):
     assert torch.equal(before, after)
 
 
-def test_sd3_pooled_output_is_kept_with_the_embeddings(node_classes, host):
-    """A flow MMDiT with a pooled vector: NPI must swap the pooled ``y`` too, or EDICT is not exact."""
+POOLED_FAMILIES = {  # model, its conditioning, latent shape
+    "sdxl": (lambda: make_sdxl_model(2), make_sdxl_cond, (1, 4, 8, 8)),
+    "sd3": (lambda: make_sd3_model(2), lambda seed: make_flux_cond(seed, tokens=154), (1, 16, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("family", list(POOLED_FAMILIES))
+def test_pooled_output_is_kept_with_the_embeddings(node_classes, host, family):
+    """SDXL's ``y`` (pooled CLIP-G + sizes) and SD3's pooled vector go with the stored embeddings: NPI with
+    EDICT is exact only because Edit swaps them too."""
+    build, cond, shape = POOLED_FAMILIES[family]
     with torch.inference_mode():
-        model = make_sd3_model(2)
-        pos, neg = make_flux_cond(1, tokens=154), make_flux_cond(2, tokens=154)
+        model, pos, neg = build(), cond(1), cond(2)
     sig = sigmas(node_classes, model, 4)
-    latent = random_latent((1, 16, 8, 8), seed=3)
+    latent = random_latent(shape, seed=3)
     g = guider(node_classes, model, pos, neg, 5.0)
     inv = null_text(node_classes, g, edict(node_classes), sig, latent, method="npi")[0]
     uncond = pack("uncond")
     assert uncond.UNCOND_POOLED in inv.extras
     with torch.inference_mode():
         rec = edit(node_classes, g, inv)["samples"]
-    assert (rec - latent["samples"]).abs().max() < 1e-5 * latent["samples"].abs().max()
+        assert (rec - latent["samples"]).abs().max() < 1e-5 * latent["samples"].abs().max()
+        inv.extras.pop(uncond.UNCOND_POOLED)  # the negative's own pooled output instead: no longer exact
+        assert (edit(node_classes, g, inv)["samples"] - latent["samples"]).abs().max() > 1e-4
     nti = null_text(node_classes, g, ddim(node_classes), sig, latent, inner_steps=2)[0]
     assert nti.extras[uncond.UNCOND_CONTEXT].shape[:2] == (4, 1)
-    assert not torch.equal(nti.extras[uncond.UNCOND_POOLED], inv.extras[uncond.UNCOND_POOLED])  # the negative's
+    assert uncond.UNCOND_POOLED in nti.extras
 
 
 def test_fp16_model_is_optimised_in_float32_with_finite_updates(node_classes, host):

@@ -91,6 +91,27 @@ def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model
                                             offload_device=comfy.model_management.unet_offload_device())
 
 
+#: an SDXL-shaped UNet: SDXL's 2048-wide context and 2816-wide "y" (pooled CLIP-G output + size embeddings)
+TINY_SDXL_CONFIG = {**TINY_UNET_CONFIG, "context_dim": 2048, "adm_in_channels": 2816, "num_classes": "sequential"}
+
+
+def make_sdxl_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
+    """A tiny UNet in ComfyUI's own SDXL classes (its pooled output and image sizes reach it as ``y``)."""
+    cfg = comfy.supported_models.SDXL(dict(TINY_SDXL_CONFIG))
+    cfg.unet_config["num_head_channels"] = 16  # SDXL's 64-wide heads would leave a 32-wide UNet with none
+    cfg.set_inference_dtype(torch.float32, None)
+    base = cfg.get_model({})
+    init_weights(base.diffusion_model, seed)
+    return comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def make_sdxl_cond(seed: int = 0) -> list:
+    """A CONDITIONING by hand for the tiny SDXL UNet: a random 77 x 2048 context and a 1280-wide pooled output."""
+    g = torch.Generator().manual_seed(seed)
+    return [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
+
+
 def make_flux_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """A tiny Flux-shaped flow DiT as a MODEL (ComfyUI's own Flux classes, seeded random weights)."""
     cfg = comfy.supported_models.Flux(dict(TINY_FLUX_CONFIG))
