@@ -195,6 +195,9 @@ class EditRun(SolverSampler):
         conds = model_wrap.conds
         negative = conds.get("negative")
         if self.uncond is not None:
+            if negative is None:
+                raise ValueError(f"{self.node}: input 'inversion' carries per-step unconditional embeddings (null-text "
+                                 "inversion), which replace a guider's negative prompt; connect a CFGGuider")
             denoise = self._per_step_uncond(denoise, conds, self.uncond.negatives(negative, noise.device))
         try:
             with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):

@@ -297,6 +297,20 @@ def test_bad_inputs_get_messages_that_name_the_input(node_classes, tiny, case):
     assert "Null-text Inversion" in str(err.value)
 
 
+def test_attention_mask_of_a_null_text_inversion_needs_a_guider_with_a_negative(node_classes, tiny):
+    from tiny import make_clip
+
+    model, pos, neg = tiny
+    inv = null_text(node_classes, guider(node_classes, model, pos, neg, 7.5), ddim(node_classes),
+                    sigmas(node_classes, model, 3), random_latent(), inner_steps=1)[0]
+    basic = node_classes["BasicGuider"].execute(model=model, conditioning=pos).result[0]
+    with pytest.raises(ValueError, match="connect a CFGGuider") as err, torch.inference_mode():
+        node_classes["ExactInversion_AttentionMask"].execute(guider=basic, inversion=inv, clip=make_clip(0),
+                                                             prompt="a dog", words="dog", resolution="all",
+                                                             start=0.0, end=1.0)
+    assert "Attention Mask" in str(err.value)
+
+
 def test_edit_warns_when_the_cfg_differs_from_the_optimised_one(node_classes, tiny, caplog):
     model, pos, neg = tiny
     sig = sigmas(node_classes, model, 3)
