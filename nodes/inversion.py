@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -69,24 +70,47 @@ class Invert(io.ComfyNode):
 
     @classmethod
     def execute(cls, guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict) -> io.NodeOutput:
-        model = _guider_model(guider, INVERT)
-        solver = solver_of(sampler, INVERT)
-        samples = latent_samples(latent, INVERT)
-        check_latent_channels(samples, model, INVERT, "latent")
-        schedule = schedule_for(model, INVERT)
-        grid = check_sigmas(sigmas, schedule, what=f"{INVERT}: input 'sigmas'")
-        try:
-            warnings = solver.warnings(grid, schedule)
-        except ValueError as err:
-            raise ValueError(f"{INVERT}: input 'sampler' cannot invert on this grid: {err}") from err
-        for warning in warnings:
-            logging.warning("%s: %s", INVERT, warning)
-        state, z_top = run_inversion(guider, solver, samples, grid, INVERT)
-        state.extras[SOURCE] = samples.detach().to("cpu").clone()
-        state.extras[NOISE] = z_top.detach().to("cpu").clone()
-        state.meta.update(model=model_fingerprint(model), conditioning=conditioning_fingerprint(guider),
-                          created=creation_info(), warnings=warnings)
-        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), *warnings]})
+        inputs = checked_inputs(guider, sampler, sigmas, latent, INVERT)
+        state, z_top = run_inversion(guider, inputs.solver, inputs.samples, inputs.grid, INVERT)
+        record_provenance(state, inputs, guider, z_top)
+        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), *inputs.warnings]})
+
+
+@dataclass
+class InversionInputs:
+    """An inverting node's inputs, checked: the model, solver, latent, schedule, grid and the solver's warnings."""
+
+    model: Any
+    solver: Any
+    samples: torch.Tensor
+    schedule: Any
+    grid: torch.Tensor
+    warnings: list[str]
+
+
+def checked_inputs(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict, node: str) -> InversionInputs:
+    """Check what an inverting node (Invert, Null-text Inversion) is given; log the solver's warnings."""
+    model = _guider_model(guider, node)
+    solver = solver_of(sampler, node)
+    samples = latent_samples(latent, node)
+    check_latent_channels(samples, model, node, "latent")
+    schedule = schedule_for(model, node)
+    grid = check_sigmas(sigmas, schedule, what=f"{node}: input 'sigmas'")
+    try:
+        warnings = solver.warnings(grid, schedule)
+    except ValueError as err:
+        raise ValueError(f"{node}: input 'sampler' cannot invert on this grid: {err}") from err
+    for warning in warnings:
+        logging.warning("%s: %s", node, warning)
+    return InversionInputs(model, solver, samples, schedule, grid, warnings)
+
+
+def record_provenance(state: InversionState, inputs: InversionInputs, guider: Any, z_top: torch.Tensor) -> None:
+    """What every inversion carries besides its latents: source and z_T, fingerprints, creation info, warnings."""
+    state.extras[SOURCE] = inputs.samples.detach().to("cpu").clone()
+    state.extras[NOISE] = z_top.detach().to("cpu").clone()
+    state.meta.update(model=model_fingerprint(inputs.model), conditioning=conditioning_fingerprint(guider),
+                      created=creation_info(), warnings=inputs.warnings)
 
 
 class Edit(io.ComfyNode):

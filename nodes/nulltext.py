@@ -35,18 +35,15 @@ import torch
 from comfy_api.latest import io
 
 from ..solvers import DDIM, InversionState, Schedule, Solver, check_sigmas
-from .common import CATEGORY, Inversion, check_latent_channels, latent_samples, node_id, solver_of
-from .fingerprint import conditioning_fingerprint, model_fingerprint
-from .inversion import NOISE, SOURCE
+from .common import CATEGORY, Inversion, node_id
+from .inversion import checked_inputs, record_provenance
 from .model_adapter import (
     SolverSampler,
     _sample_through,
     fractional_timesteps,
     make_step_callback,
-    schedule_for,
     schedule_for_sampling,
 )
-from .storage import creation_info
 from .uncond import META, UNCOND_CONTEXT, UNCOND_POOLED, context_of, detached, with_uncond
 
 NAME = "Null-text Inversion"
@@ -442,34 +439,19 @@ def null_text_invert(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: di
     """The node's work: an INVERSION with per-step unconditional embeddings, and z_T in LATENT space."""
     check_settings(settings)
     _check_guider(guider, settings)
-    model = guider.model_patcher
-    solver = solver_of(sampler, NAME)
-    samples = latent_samples(latent, NAME)
-    check_latent_channels(samples, model, NAME, "latent")
-    schedule = schedule_for(model, NAME)
-    grid = check_sigmas(sigmas, schedule, what=f"{NAME}: input 'sigmas'")
-    try:
-        warnings = solver.warnings(grid, schedule)
-    except ValueError as err:
-        raise ValueError(f"{NAME}: input 'sampler' cannot invert on this grid: {err}") from err
-    run = _NullTextRun(solver, settings, latent_is_zero=bool(torch.count_nonzero(samples) == 0))
-    z_top = _sample_through(guider, run, torch.zeros_like(samples), samples, grid)
+    inputs = checked_inputs(guider, sampler, sigmas, latent, NAME)
+    run = _NullTextRun(inputs.solver, settings, latent_is_zero=bool(torch.count_nonzero(inputs.samples) == 0))
+    z_top = _sample_through(guider, run, torch.zeros_like(inputs.samples), inputs.samples, inputs.grid)
     assert run.latents is not None, "the guider did not call the sampler"
-    state = InversionState(solver=run.step_solver.name, params=run.step_solver.params(), schedule=schedule.kind,
-                           sigmas=grid,
+    state = InversionState(solver=run.step_solver.name, params=run.step_solver.params(),
+                           schedule=inputs.schedule.kind, sigmas=inputs.grid,
                            latents={k: v.detach().to("cpu") for k, v in run.latents.items()},
                            extras=dict(run.extras))
-    state.extras[SOURCE] = samples.detach().to("cpu").clone()
-    state.extras[NOISE] = z_top.detach().to("cpu").clone()
-    state.meta.update(
-        model=model_fingerprint(model), conditioning=conditioning_fingerprint(guider), created=creation_info(),
-        warnings=warnings,
-        **{META: {**asdict(settings), "cfg": float(guider.cfg), "pivot_solver": solver.name,
-                  "forward_passes": run.passes.forward,
-                  "backward_passes": run.passes.backward, "iterations": run.log.iterations,
-                  "first_losses": run.log.first_losses, "final_losses": run.log.losses,
-                  "skipped_updates": run.log.skipped}},
-    )
+    record_provenance(state, inputs, guider, z_top)
+    state.meta[META] = {**asdict(settings), "cfg": float(guider.cfg), "pivot_solver": inputs.solver.name,
+                        "forward_passes": run.passes.forward, "backward_passes": run.passes.backward,
+                        "iterations": run.log.iterations, "first_losses": run.log.first_losses,
+                        "final_losses": run.log.losses, "skipped_updates": run.log.skipped}
     if run.log.skipped:
         logging.warning("%s: %d optimiser updates were skipped for non-finite fp16 gradients", NAME, run.log.skipped)
     return state, z_top
@@ -549,7 +531,8 @@ class NullTextInversion(io.ComfyNode):
                                     early_stop=early_stop, early_stop_schedule=early_stop_schedule, starts=starts,
                                     hops=hops, start_scale=start_scale, seed=seed)
         state, z_top = null_text_invert(guider, sampler, sigmas, latent, settings)
-        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), summary(state)]})
+        text = [state.describe(), summary(state), *state.meta.get("warnings", [])]
+        return io.NodeOutput(state, {"samples": z_top}, ui={"text": text})
 
 
 NODES = [NullTextInversion]
