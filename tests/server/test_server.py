@@ -8,19 +8,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
-import comfyhost
 import pytest
-from images import example_image
+from comfy_server import comfy_server, get_json, run_prompt
 from workflow_api import TINY_LOADERS, swap_loaders, ui_to_api, upstream_solvers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,85 +21,19 @@ OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversi
              "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
             "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
-            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance"}
+            "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance",
+            "ExactInversion_NullTextInversion"}
 EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str, timeout: float = 10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return json.loads(r.read())
-
-
-def _post(url: str, payload: dict):
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    comfy = comfyhost.comfy_dir()
-    base = tmp_path_factory.mktemp("comfy-base")
-    (base / "custom_nodes").mkdir()
-    (base / "input").mkdir()
-    os.symlink(REPO, base / "custom_nodes" / "exact-inversion")
-    os.symlink(REPO / "tests" / "support" / "tinypack", base / "custom_nodes" / "exact-inversion-tinypack")
-    example_image().save(base / "input" / "example.png")
-    shutil.copy(REPO / "workflows" / "toy_example.png", base / "input" / "toy_example.png")
-    port = _free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([os.environ.get("COMFYUI_STUBS", ""), str(REPO / "tests" / "support")])}
-    log_path = base / "server.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-         str(base), "--disable-api-nodes", "--disable-auto-launch", "--database-url", "sqlite:///:memory:"],
-        cwd=comfy, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{log_path.read_text()[-3000:]}")
-            try:
-                _get(url + "/system_stats", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError(f"server did not start:\n{log_path.read_text()[-3000:]}") from None
-                time.sleep(0.3)
-        yield {"url": url, "log": log_path, "base": base}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with comfy_server(tmp_path_factory.mktemp("comfy-base")) as srv:
+        yield srv
 
 
 def _run(server, prompt: dict, timeout: float = 120.0) -> dict:
-    status, body = _post(server["url"] + "/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-    assert status == 200, body
-    pid = body["prompt_id"]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        hist = _get(f"{server['url']}/history/{pid}")
-        if pid in hist and hist[pid]["status"].get("completed") is not None:
-            entry = hist[pid]
-            if entry["status"]["status_str"] in ("success", "error"):
-                return entry
-        time.sleep(0.2)
-    raise TimeoutError(f"prompt {pid} did not finish")
+    return run_prompt(server["url"], prompt, timeout, client_id=str(uuid.uuid4()))
 
 
 def test_pack_loaded_without_import_failure(server):
@@ -117,19 +43,28 @@ def test_pack_loaded_without_import_failure(server):
 
 
 def test_every_node_in_object_info(server):
-    info = _get(server["url"] + "/object_info")
+    info = get_json(server["url"] + "/object_info")
     assert OUR_NODES <= set(info)
     assert {tiny for tiny, _ in TINY_LOADERS.values()} <= set(info)  # the test pack's stand-in loaders
     assert info["ExactInversion_Invert"]["display_name"] == "Invert"
 
 
 def test_js_extension_served(server):
-    assert any("exact-inversion" in path for path in _get(server["url"] + "/extensions"))
+    assert any("exact-inversion" in path for path in get_json(server["url"] + "/extensions"))
+
+
+def test_workflows_listed_as_templates(server):
+    """ComfyUI's /workflow_templates lists every workflow of workflows/ under our pack, and serves each."""
+    listed = get_json(server["url"] + "/workflow_templates")
+    assert sorted(listed["exact-inversion"]) == [p.stem for p in WORKFLOWS]
+    for path in WORKFLOWS:
+        served = get_json(f"{server['url']}/api/workflow_templates/exact-inversion/{path.name}")
+        assert served == json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
 def test_workflow_succeeds_over_http(server, path):
-    info = _get(server["url"] + "/object_info")
+    info = get_json(server["url"] + "/object_info")
     ui = json.loads(path.read_text())
     types = {n["type"]: info[n["type"]]["input"] for n in ui["nodes"]}
     prompt = swap_loaders(ui_to_api(ui, types))
@@ -169,7 +104,7 @@ def test_bad_input_is_a_clear_error_and_server_keeps_serving(server):
     assert "Invert: input 'sigmas'" in errors[0][1]["exception_message"]
     assert "strictly decreasing" in errors[0][1]["exception_message"]
     # the server still serves the next prompt
-    assert _get(server["url"] + "/system_stats")["system"]
+    assert get_json(server["url"] + "/system_stats")["system"]
 
 
 def _inversion_graph(sigmas_node: str = "5") -> dict:
