@@ -73,7 +73,8 @@ class Invert(io.ComfyNode):
         inputs = checked_inputs(guider, sampler, sigmas, latent, INVERT)
         state, z_top = run_inversion(guider, inputs.solver, inputs.samples, inputs.grid, INVERT)
         record_provenance(state, inputs, guider, z_top)
-        return io.NodeOutput(state, {"samples": z_top}, ui={"text": [state.describe(), *inputs.warnings]})
+        ui_out = {"text": [state.describe(), *inputs.warnings], "warnings": inputs.warnings}
+        return io.NodeOutput(state, {"samples": z_top}, ui=ui_out)
 
 
 @dataclass
@@ -146,55 +147,57 @@ class Edit(io.ComfyNode):
                 f"{schedule.kind}; edit with the model family used for the inversion"
             )
         check_latent_channels(inversion.latents["x"], model, EDIT, "inversion")
-        _check_same_model(model, inversion)
+        warnings = _check_same_model(model, inversion)
         if sigmas is not None:
             _check_same_grid(sigmas, inversion)
-        _check_reconstruction_branch(guider, inversion)
-        _check_null_text(guider, inversion)
+        warnings += _check_reconstruction_branch(guider, inversion) + _check_null_text(guider, inversion)
+        for warning in warnings:
+            logging.warning("%s: %s", EDIT, warning)
         solver = solver_for_state(inversion, EDIT)
         out = run_edit(guider, solver, inversion, EDIT)
-        return io.NodeOutput({"samples": out})
+        return io.NodeOutput({"samples": out}, ui={"warnings": warnings} if warnings else None)
 
 
-def _check_same_model(model: Any, inversion: InversionState) -> None:
+def _check_same_model(model: Any, inversion: InversionState) -> list[str]:
     """A loaded file must be edited with the model it was made with, unless the user allowed it.
 
-    In-memory inversions only log: the graph shows which model each node uses.
+    In-memory inversions only warn: the graph shows which model each node uses.
     """
     made_with = (inversion.meta.get("model") or {}).get("id")
     now = model_fingerprint(model)["id"]
     if made_with is None or made_with == now:
-        return
+        return []
     loaded = inversion.meta.get("loaded_from")
     if loaded and not inversion.meta.get("allow_mismatch"):
         raise ValueError(
             f"{EDIT}: input 'guider' uses a different model (fingerprint {now}) from the one that made the inversion "
             f"loaded from {loaded} ({made_with}). Load the same checkpoint, or tick allow_mismatch on Load Inversion"
         )
-    logging.warning("%s: the guider's model (%s) differs from the inversion's (%s); the round trip will not be "
-                    "exact", EDIT, now, made_with)
+    return [f"the guider's model ({now}) differs from the inversion's ({made_with}); the round trip will not be "
+            "exact"]
 
 
-def _check_reconstruction_branch(guider: Any, inversion: InversionState) -> None:
+def _check_reconstruction_branch(guider: Any, inversion: InversionState) -> list[str]:
     """A guider with a reconstruction branch (Blended Guidance) must rebuild the inversion with its own
     prompt and cfg, or its maps and the blended background come from another image: warn when it does not."""
     fingerprint = getattr(guider, "reconstruction_fingerprint", None)
     made_with = (inversion.meta.get("conditioning") or {}).get("id")
     if fingerprint is None or made_with is None:
-        return
+        return []
     now = fingerprint()
-    if now["id"] != made_with:
-        logging.warning("%s: the guider's source prompt or cfg (%s) differs from the one Invert used (cfg %s); "
-                        "connect the same source conditioning and set cfg to the inversion's, or the reconstruction "
-                        "branch will not rebuild the image", EDIT, f"cfg {now['cfg']:g}",
-                        (inversion.meta.get("conditioning") or {}).get("cfg"))
+    if now["id"] == made_with:
+        return []
+    made_cfg = (inversion.meta.get("conditioning") or {}).get("cfg")
+    return [f"the guider's source prompt or cfg (cfg {now['cfg']:g}) differs from the one Invert used (cfg "
+            f"{made_cfg}); connect the same source conditioning and set cfg to the inversion's, or the "
+            "reconstruction branch will not rebuild the image"]
 
 
-def _check_null_text(guider: Any, inversion: InversionState) -> None:
+def _check_null_text(guider: Any, inversion: InversionState) -> list[str]:
     """Per-step unconditional embeddings replace the guider's negative: it needs one, and the cfg they were
     optimised for (NPI's hold at any cfg)."""
     if UNCOND_CONTEXT not in inversion.extras:
-        return
+        return []
     info = inversion.meta.get(NULL_TEXT_META) or {}
     method, made_cfg = info.get("method", "null-text"), info.get("cfg")
     if "negative" not in (getattr(guider, "original_conds", None) or {}):
@@ -203,8 +206,9 @@ def _check_null_text(guider: Any, inversion: InversionState) -> None:
                          f"{type(guider).__name__}")
     cfg = getattr(guider, "cfg", None)
     if method != "npi" and made_cfg is not None and cfg is not None and not math.isclose(float(cfg), made_cfg):
-        logging.warning("%s: the inversion's embeddings were optimised for cfg %g but the guider uses cfg %g; the "
-                        "source is only reconstructed faithfully at cfg %g", EDIT, made_cfg, float(cfg), made_cfg)
+        return [f"the inversion's embeddings were optimised for cfg {made_cfg:g} but the guider uses cfg "
+                f"{float(cfg):g}; the source is only reconstructed faithfully at cfg {made_cfg:g}"]
+    return []
 
 
 def _check_same_grid(sigmas: torch.Tensor, inversion: InversionState) -> None:

@@ -532,7 +532,7 @@ class NullTextInversion(io.ComfyNode):
                                     hops=hops, start_scale=start_scale, seed=seed)
         state, z_top = null_text_invert(guider, sampler, sigmas, latent, settings)
         text = [state.describe(), summary(state), *state.meta.get("warnings", [])]
-        return io.NodeOutput(state, {"samples": z_top}, ui={"text": text})
+        return io.NodeOutput(state, {"samples": z_top}, ui={"text": text, "warnings": state.meta.get("warnings", [])})
 
 
 NODES = [NullTextInversion]

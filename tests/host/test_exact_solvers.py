@@ -188,6 +188,8 @@ def test_bdia_guard_warning_shown_in_node(node_classes, base_model):
         guider=g, sampler=make_sampler(node_classes, "bdia", gamma=0.8), sigmas=sigmas(node_classes, base_model, 25),
         latent=random_latent())
     assert any("gamma" in t for t in out.ui["text"][1:]), out.ui
+    # the front end's report panel highlights exactly these lines (js/report_panel.js)
+    assert out.ui["warnings"] == out.ui["text"][1:] and "parasitic mode" in out.ui["warnings"][0]
 
 
 @pytest.mark.parametrize("node, bad, match", [
