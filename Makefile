@@ -2,12 +2,12 @@
 # outside the repo: scripts/setup_host.sh) on a fresh machine.
 PY := scripts/py
 
-.PHONY: demo test lint host workflows
+.PHONY: demo test lint host browser workflows docs validate
 
 demo: host
 	$(PY) scripts/demo.py --out demo_output
 
-test: host
+test: host browser
 	$(PY) -m pytest tests -q
 
 lint: host
@@ -16,5 +16,16 @@ lint: host
 host:
 	scripts/setup_host.sh
 
+# Headless Chromium from Debian's packages, for tests/browser.
+browser:
+	scripts/setup_browser.sh
+
 workflows: host
 	$(PY) scripts/make_workflows.py
+
+docs: host
+	$(PY) scripts/node_reference.py
+
+# Comfy Registry readiness: comfy-cli 1.23.0 (own venv, no torch) runs `comfy node validate`; fails on its warnings.
+validate:
+	scripts/validate_registry.sh

@@ -1,0 +1,225 @@
+"""Our nodes and workflows in ComfyUI's real front end, and what our JS adds to it.
+
+Assertions are on the page's state (the graph, widgets, the DOM our extension builds, the server's
+history), never on pixels; screenshots are saved for people (see conftest.ARTIFACTS).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from comfy_server import get_json, wait_history
+from workflow_api import ui_to_api
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+OUR_PREFIX = "ExactInversion_"
+OUR_JS = "/extensions/exact-inversion/"
+RUN_WORKFLOW = "toy_blended_edit.json"  # the one run from the UI: toy model, picker, round-trip figure
+
+
+def our_errors(page) -> list[str]:
+    """Page errors raised in our extension's modules (the front end logs its own, e.g. missing templates)."""
+    return [e for e in page.errors if OUR_JS in e]
+
+
+def load(page, path: Path) -> None:
+    workflow = json.loads(path.read_text())
+    page.js(f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(path.name)}).then(() => true)")
+    page.wait_for(f"app.graph.nodes.length === {len(workflow['nodes'])}")
+    page.js("app.graph.setDirtyCanvas(true, true), true")
+
+
+def fit_view(page) -> None:
+    page.js("app.extensionManager.command.execute('Comfy.Canvas.FitView').then(() => true)")
+    time.sleep(0.3)
+
+
+def focus(page, node: str, scale: float = 1.0) -> None:
+    """Zoom to `scale` and centre the canvas on a node (a JS expression), so it is on screen and readable."""
+    page.js(f"app.canvas.ds.scale = {scale}, app.canvas.centerOnNode({node}), app.graph.setDirtyCanvas(true, true), "
+            "true")
+    time.sleep(0.5)
+
+
+def node_of(page, node_type: str) -> str:
+    """A JS expression for the first node of this type on the canvas."""
+    return f"app.graph.nodes.find((n) => n.type === {json.dumps(node_type)})"
+
+
+def click_element(page, expression: str) -> None:
+    """A real mouse click in the middle of the element the expression returns."""
+    box = page.js(f"(() => {{ const e = {expression}; if (!e) return null; const r = e.getBoundingClientRect(); "
+                  "return [r.x + r.width / 2, r.y + r.height / 2, r.width, r.height]; })()")
+    assert box and box[2] > 0 and box[3] > 0, f"not on screen: {expression}"
+    page.click(box[0], box[1])
+
+
+def test_our_nodes_in_the_node_library(page, ui_server, artifacts):
+    info = get_json(ui_server["url"] + "/object_info")
+    ours = sorted(k for k in info if k.startswith(OUR_PREFIX))
+    assert len(ours) >= 14
+    registered = page.js(f"Object.keys(LiteGraph.registered_node_types).filter((k) => k.startsWith('{OUR_PREFIX}'))")
+    assert sorted(registered) == ours
+    # The Node Library sidebar lists them under their category, with their display names.
+    click_element(page, "[...document.querySelectorAll('button')].find((b) => "
+                        "(b.getAttribute('aria-label') || '').startsWith('Node Library'))")
+    search = page.wait_for("[...document.querySelectorAll('input')].some((i) => "
+                           "(i.placeholder || '').toLowerCase().includes('search')) ? 1 : 0")
+    assert search
+    page.js("(() => { const i = [...document.querySelectorAll('input')].find((i) => "
+            "(i.placeholder || '').toLowerCase().includes('search')); i.value = 'inversion'; "
+            "i.dispatchEvent(new Event('input', {bubbles: true})); return true; })()")
+    for display in ("Invert", "Null-text Inversion", "Blended Guidance", "Round-trip Check"):
+        page.wait_for(f"document.body.innerText.includes({json.dumps(display)})", timeout=20)
+    page.screenshot(artifacts / "node_library.png")
+    click_element(page, "[...document.querySelectorAll('button')].find((b) => "
+                        "(b.getAttribute('aria-label') || '').startsWith('Node Library'))")  # close it again
+    assert not our_errors(page)
+
+
+def test_workflows_listed_in_the_templates_browser(page, artifacts):
+    click_element(page, "[...document.querySelectorAll('button')].find((b) => "
+                        "(b.getAttribute('aria-label') || '').startsWith('Templates'))")
+    text = page.wait_for("(() => { const d = [...document.querySelectorAll('[role=dialog]')].find((d) => "
+                         "d.innerText.includes('exact-inversion')); return d ? d.innerText : ''; })()", timeout=30)
+    for path in WORKFLOWS:
+        assert path.stem in text, path.stem
+    page.screenshot(artifacts / "templates.png")
+    dialog = "[...document.querySelectorAll('[role=dialog]')].find((d) => d.innerText.includes('exact-inversion'))"
+    click_element(page, f"[...{dialog}.querySelectorAll('button')].find((b) => "
+                        "(b.getAttribute('aria-label') || '').toLowerCase().includes('close') || "
+                        "b.querySelector('.pi-times'))")
+    page.wait_for(f"!{dialog}", timeout=10)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_workflow_loads_without_missing_nodes_or_red_inputs(page, ui_server, artifacts, path):
+    info = get_json(ui_server["url"] + "/object_info")
+    load(page, path)
+    nodes = page.js("app.graph.nodes.map((n) => ({id: n.id, type: n.type, registered: !!LiteGraph."
+                    "registered_node_types[n.type], errors: !!n.has_errors, combos: (n.widgets || []).filter((w) => "
+                    "w.type === 'combo').map((w) => [w.name, w.value, w.options?.values ?? []])}))")
+    missing = [n["type"] for n in nodes if not n["registered"] or n["type"] not in info]
+    assert not missing, f"{path.name}: missing node types {missing}"
+    assert not [n for n in nodes if n["errors"]], path.name
+    for n in nodes:  # a value outside its list is a red input when queued ("Value not in list")
+        for name, value, options in n["combos"]:
+            if isinstance(options, list) and options:
+                assert value in options, f"{path.name}: node {n['id']} {n['type']}.{name} = {value!r}"
+    prompt = page.js("app.graphToPrompt().then((p) => p.output)")
+    for node_id, node in prompt.items():  # every required input is given ("Required input is missing")
+        required = info[node["class_type"]]["input"].get("required", {})
+        absent = sorted(set(required) - set(node["inputs"]))
+        assert not absent, f"{path.name}: node {node_id} {node['class_type']} lacks {absent}"
+    # The front end turns the file into exactly the graph the server tests run (tests/server).
+    ui = json.loads(path.read_text())
+    types = {n["type"]: info[n["type"]]["input"] for n in ui["nodes"] if n["type"] in info}
+    expected = ui_to_api(ui, types)
+    def graph(api: dict) -> dict:
+        return {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+
+    assert graph(prompt) == graph(expected)
+    fit_view(page)
+    page.screenshot(artifacts / f"workflow_{path.stem}.png")
+    assert not our_errors(page)
+
+
+def test_word_picker_sets_the_anchor_and_toggles_words(page, artifacts):
+    load(page, REPO / "workflows" / "toy_blended_edit.json")
+    node = node_of(page, "ExactInversion_BlendedGuidance")
+    prompt = page.js(f"{node}.widgets.find((w) => w.name === 'source_prompt').value")
+    chips = page.js(f"[...{node}.widgets.find((w) => w.name === 'word_picker').element"
+                    ".querySelectorAll('button')].map((b) => b.dataset.word)")
+    assert chips == list(dict.fromkeys(prompt.split())), (prompt, chips)
+    before = page.js(f"{node}.widgets.find((w) => w.name === 'anchor').value")
+    word = next(w for w in chips if w != before and len(w) > 2)
+    # bring the node into view, then click its chip with the mouse
+    focus(page, node)
+    click_element(page, f"[...{node}.widgets.find((w) => w.name === 'word_picker').element"
+                        f".querySelectorAll('button')].find((b) => b.dataset.word === {json.dumps(word)})")
+    assert page.wait_for(f"{node}.widgets.find((w) => w.name === 'anchor').value === {json.dumps(word)}", timeout=5)
+    assert page.js(f"{node}.widgets.find((w) => w.name === 'word_picker').element"
+                   ".querySelector('button.selected').dataset.word") == word
+    prompt = page.js("app.graphToPrompt().then((p) => p.output)")
+    blended = next(v for v in prompt.values() if v["class_type"] == "ExactInversion_BlendedGuidance")
+    assert blended["inputs"]["anchor"] == word  # what the server will run
+    page.screenshot(artifacts / "word_picker.png")
+    # Typing a new prompt re-renders the chips.
+    page.js(f"(() => {{ const w = {node}.widgets.find((w) => w.name === 'source_prompt'); w.value = 'a blue square';"
+            " w.callback?.(w.value); return true; })()")
+    assert page.js(f"[...{node}.widgets.find((w) => w.name === 'word_picker').element"
+                   ".querySelectorAll('button')].map((b) => b.dataset.word)") == ["a", "blue", "square"]
+    # Attention Mask takes a list: chips toggle words in and out of it.
+    load(page, REPO / "workflows" / "toy_attention_mask.json")
+    mask = node_of(page, "ExactInversion_AttentionMask")
+    words = page.js(f"{mask}.widgets.find((w) => w.name === 'words').value")
+    focus(page, mask)
+    chip = f"[...{mask}.widgets.find((w) => w.name === 'word_picker').element.querySelectorAll('button')]"
+    extra = page.js(f"{chip}.map((b) => b.dataset.word).find((w) => !{json.dumps(words)}.includes(w))")
+    click_element(page, f"{chip}.find((b) => b.dataset.word === {json.dumps(extra)})")
+    assert page.js(f"{mask}.widgets.find((w) => w.name === 'words').value") == f"{words}, {extra}"
+    click_element(page, f"{chip}.find((b) => b.dataset.word === {json.dumps(extra)})")
+    assert page.js(f"{mask}.widgets.find((w) => w.name === 'words').value") == words
+    assert not our_errors(page)
+
+
+def test_bdia_hint_follows_gamma(page, artifacts):
+    load(page, REPO / "workflows" / "bdia_invert_edit.json")
+    node = node_of(page, "ExactInversion_BDIASolver")
+    levels = {}
+    for gamma in (1.0, 0.9, 0.85):
+        levels[gamma] = page.js(f"(() => {{ const n = {node}; const w = n.widgets.find((w) => w.name === 'gamma'); "
+                                f"w.value = {gamma}; w.callback?.(w.value); const box = n.widgets.find((w) => "
+                                "w.name === 'bdia_hint').element; return [box.dataset.level, box.textContent]; })()")
+    assert levels[1.0][0] == "ok"
+    assert levels[0.9][0] == "warning" and "×194" in levels[0.9][1]  # 0.9^-50, the server's warning
+    assert levels[0.85][0] == "refused"  # the server refuses gamma < 0.9 at 50 steps
+    focus(page, node)
+    page.screenshot(artifacts / "bdia_hint.png")
+    assert not our_errors(page)
+
+
+def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_server, artifacts):
+    load(page, REPO / "workflows" / RUN_WORKFLOW)
+    before = set(get_json(ui_server["url"] + "/history"))
+    page.js("app.queuePrompt(0, 1).then(() => true)")
+    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
+                        f"!{json.dumps(sorted(before))}.includes(k)))", timeout=60)
+    entry = wait_history(ui_server["url"], new[0], timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    check = node_of(page, "ExactInversion_RoundTripCheck")
+    # The round-trip figure is on the check node, loaded.
+    assert page.wait_for(f"({check}.imgs || []).length > 0 && {check}.imgs[0].complete && "
+                         f"{check}.imgs[0].naturalWidth > 0", timeout=30)
+    report = page.wait_for(f"{check}.widgets?.find((w) => w.name === 'exact_inversion_report')?.element.innerText",
+                           timeout=10)
+    assert "round trip" in report and "PSNR" in report
+    invert = node_of(page, "ExactInversion_Invert")
+    summary = page.js(f"{invert}.widgets.find((w) => w.name === 'exact_inversion_report').element.innerText")
+    assert "EDICT" in summary.upper()
+    fit_view(page)
+    page.screenshot(artifacts / "run_complete.png")
+    focus(page, check)
+    page.screenshot(artifacts / "run_check_closeup.png")
+    # A warning from the run lands in the node: Blended Guidance at another cfg than Invert's.
+    blended = node_of(page, "ExactInversion_BlendedGuidance")
+    page.js(f"(() => {{ const w = {blended}.widgets.find((w) => w.name === 'cfg'); w.value = 2.5; "
+            "w.callback?.(w.value); return true; })()")
+    done = set(get_json(ui_server["url"] + "/history"))
+    page.js("app.queuePrompt(0, 1).then(() => true)")
+    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
+                        f"!{json.dumps(sorted(done))}.includes(k)))", timeout=60)
+    assert wait_history(ui_server["url"], new[0], timeout=300)["status"]["status_str"] == "success"
+    warned = page.wait_for("app.graph.nodes.filter((n) => n.type === 'ExactInversion_Edit' && "
+                           "(n.exactInversionWarnings || []).length).map((n) => n.widgets.find((w) => "
+                           "w.name === 'exact_inversion_report').element.innerText)", timeout=30)
+    assert any("differs from the one Invert used" in text for text in warned), warned
+    assert page.js("app.graph.nodes.filter((n) => n.type === 'ExactInversion_Edit' && "
+                   "(n.exactInversionWarnings || []).length).every((n) => n.bgcolor === '#4a3510')")
+    focus(page, "app.graph.nodes.find((n) => (n.exactInversionWarnings || []).length)")
+    page.screenshot(artifacts / "run_warning.png")
+    assert not our_errors(page)
