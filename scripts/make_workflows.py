@@ -17,6 +17,16 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 
 Ref = tuple["Node", int]
 
+#: Height (canvas px, without the title) to leave for a node: its widgets plus what a run adds (image
+#: previews, our report panel; the word picker's chips). Rows are spaced by their tallest node, so the
+#: front end never has to grow a node over its neighbour below. Measured in the front end at width 320.
+NODE_HEIGHTS = {"ExactInversion_BlendedGuidance": 600, "ExactInversion_AttentionMask": 460,
+                "ExactInversion_NullTextInversion": 440, "ExactInversion_RoundTripCheck": 330,
+                "ExactInversion_Invert": 170, "LoadImage": 330, "SaveImage": 250, "MaskPreview": 200,
+                "PreviewImage": 250}
+DEFAULT_HEIGHT = 160
+ROW_GAP = 60  # title bar and space between rows
+
 
 def _socket_only(spec: Any) -> bool:
     """A widget-typed input declared forceInput: the front end shows a socket and no widget."""
@@ -62,6 +72,11 @@ class Graph:
                 link_rows.append([link_id, src.id, slot, node.id, None, kind])
                 out_links.setdefault((src.id, slot), []).append(link_id)
                 in_links[(node.id, name)] = link_id
+        row_height: dict[int, int] = {}
+        for node in self.nodes:
+            row_height[node.row] = max(row_height.get(node.row, 0), NODE_HEIGHTS.get(node.type, DEFAULT_HEIGHT))
+        row_top = {row: 40 + sum(row_height.get(r, DEFAULT_HEIGHT) + ROW_GAP for r in range(row))
+                   for row in row_height}
         ui_nodes = []
         for order, node in enumerate(self.nodes):
             cls = defs[node.type]
@@ -81,8 +96,9 @@ class Graph:
             names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
             outputs = [{"name": names[i], "type": t, "links": out_links.get((node.id, i), []), "slot_index": i}
                        for i, t in enumerate(cls.RETURN_TYPES)]
-            ui = {"id": node.id, "type": node.type, "pos": [40 + node.col * 360, 40 + node.row * 220],
-                  "size": [320, 160], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
+            ui = {"id": node.id, "type": node.type, "pos": [40 + node.col * 360, row_top[node.row]],
+                  "size": [320, NODE_HEIGHTS.get(node.type, DEFAULT_HEIGHT)], "flags": {}, "order": order,
+                  "mode": 0, "inputs": inputs,
                   "outputs": outputs, "properties": {"Node name for S&R": node.type},
                   "widgets_values": node.widgets}
             if node.title:
