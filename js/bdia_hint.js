@@ -1,17 +1,24 @@
 // BDIA's gamma guard, shown while the user edits gamma: inversion amplifies its start-up error by
 // gamma^-N (solvers/bdia.py, bdia_guard). The same thresholds as the server: a warning above 1e2, and
-// gamma < 0.9 refused at 50 steps or more.
+// gamma < 0.9 refused at 50 steps or more. The step count lives in the SIGMAS, not on this node, so the
+// hint gives the verdict at 25 and 50 steps.
 
 export const GUARD = { warnGrowth: 1e2, minGamma: 0.9, minSteps: 50 };
 
+// The guard's verdict at a step count: "ok", "warns" (growth above 1e2) or "refused".
+export function bdiaVerdict(gamma, steps) {
+  const growth = Number(gamma) ** -steps;
+  if (Number(gamma) < GUARD.minGamma && steps >= GUARD.minSteps) return { verdict: "refused", growth };
+  return { verdict: growth > GUARD.warnGrowth ? "warns" : "ok", growth };
+}
+
 export function bdiaHint(gamma, stepsList = [25, 50]) {
-  const g = Number(gamma);
-  const parts = stepsList.map((n) => `${n} steps ×${(g ** -n).toPrecision(3)}`);
-  let level = "ok";
-  if (g < GUARD.minGamma) level = "refused";
-  else if (stepsList.some((n) => g ** -n > GUARD.warnGrowth)) level = "warning";
-  const prefix = { ok: "Error growth γ^-N:", warning: "⚠ Error growth γ^-N:", refused: "⛔ Refused at ≥50 steps:" };
-  return { level, text: `${prefix[level]} ${parts.join(", ")}` };
+  const verdicts = stepsList.map((steps) => ({ steps, ...bdiaVerdict(gamma, steps) }));
+  const parts = verdicts.map(({ steps, verdict, growth }) =>
+    verdict === "refused" ? `${steps} steps: refused` : `${steps} steps: ×${growth.toPrecision(3)}` +
+      (verdict === "warns" ? " (warns)" : ""));
+  const level = verdicts.some((v) => v.verdict !== "ok") ? "warning" : "ok";
+  return { level, verdicts, text: `Inversion error growth γ^-N · ${parts.join(" · ")}` };
 }
 
 export function addBdiaHint(node) {
@@ -31,7 +38,7 @@ export function addBdiaHint(node) {
     const { level, text } = bdiaHint(gamma.value);
     box.textContent = text;
     box.dataset.level = level;
-    box.style.color = { ok: "inherit", warning: "#fbbf24", refused: "#f87171" }[level];
+    box.style.color = level === "ok" ? "inherit" : "#fbbf24";
   };
   const original = gamma.callback;
   gamma.callback = function (...args) {

@@ -15,11 +15,11 @@ export const REPORTING_NODES = new Set([
 const WARNING_COLOR = "#6b4a12";
 const WARNING_BGCOLOR = "#4a3510";
 
-// Height the report needs at this node width (about 6.6 px a character of 11 px monospace, 14 px a line).
+// Height the report needs at this node width (about 6.6 px a character of 11 px monospace, 16 px a line).
 function reportHeight(lines, width) {
   const perLine = Math.max(20, Math.floor((width - 24) / 6.6));
   const rows = lines.reduce((n, line) => n + Math.max(1, Math.ceil(line.length / perLine)), 0);
-  return Math.min(220, 12 + 14 * rows);
+  return Math.min(220, 16 + 16 * rows);
 }
 
 function panelOf(node) {

@@ -31,6 +31,7 @@ def ui_server(tmp_path_factory):
     with comfy_server(base, test_pack=False) as srv:
         settings = {"Comfy.TutorialCompleted": True,  # no first-run dialog over the canvas
                     "Comfy.Minimap.Visible": False,
+                    "Comfy.Graph.CanvasInfo": False,  # no render statistics in the screenshots
                     "LiteGraph.Canvas.MinFontSizeForLOD": 0}  # full detail in zoomed-out screenshots
         for key, value in settings.items():
             status, _ = post_json(f"{srv['url']}/settings/{key}", value)

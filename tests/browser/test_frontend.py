@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 OUR_PREFIX = "ExactInversion_"
 OUR_JS = "/extensions/exact-inversion/"
+THUMB_WIDTH = 512  # scripts/ui_screenshots.py's thumbnails; the front end's default-template.png is 224 wide
 RUN_WORKFLOW = "toy_blended_edit.json"  # the one run from the UI: toy model, picker, round-trip figure
 
 
@@ -26,7 +27,19 @@ def our_errors(page) -> list[str]:
     return [e for e in page.errors if OUR_JS in e]
 
 
+OUR_DIALOG = "[...document.querySelectorAll('[role=dialog]')].find((d) => d.innerText.includes('exact-inversion'))"
+
+
+def close_dialogs(page) -> None:
+    """Close any open dialog (its close button), so one test's dialog cannot block the next test's clicks."""
+    page.js("[...document.querySelectorAll('[role=dialog]')].forEach((d) => [...d.querySelectorAll('button')]"
+            ".find((b) => (b.getAttribute('aria-label') || '').toLowerCase().includes('close') || "
+            "b.querySelector('.pi-times'))?.click()), true")
+    page.wait_for("document.querySelectorAll('[role=dialog]').length === 0", timeout=10)
+
+
 def load(page, path: Path) -> None:
+    close_dialogs(page)
     workflow = json.loads(path.read_text())
     page.js(f"app.loadGraphData({json.dumps(workflow)}, true, true, {json.dumps(path.name)}).then(() => true)")
     page.wait_for(f"app.graph.nodes.length === {len(workflow['nodes'])}")
@@ -43,6 +56,31 @@ def focus(page, node: str, scale: float = 1.0) -> None:
     page.js(f"app.canvas.ds.scale = {scale}, app.canvas.centerOnNode({node}), app.graph.setDirtyCanvas(true, true), "
             "true")
     time.sleep(0.5)
+
+
+def graph_box(page, margin: float = 16.0) -> tuple[float, float, float, float]:
+    """The window rectangle (x, y, width, height) around every node, titles included."""
+    left, top, right, bottom = page.js(
+        "(() => { const ds = app.canvas.ds, r = app.canvas.canvas.getBoundingClientRect(); "
+        "const title = LiteGraph.NODE_TITLE_HEIGHT; let b = [Infinity, Infinity, -Infinity, -Infinity]; "
+        "for (const n of app.graph.nodes) { const x0 = (n.pos[0] + ds.offset[0]) * ds.scale + r.left, "
+        "y0 = (n.pos[1] - title + ds.offset[1]) * ds.scale + r.top; b = [Math.min(b[0], x0), Math.min(b[1], y0), "
+        "Math.max(b[2], x0 + n.size[0] * ds.scale), Math.max(b[3], y0 + (n.size[1] + title) * ds.scale)]; } "
+        "return b; })()")
+    width, height = page.size
+    left, top = max(0.0, left - margin), max(0.0, top - margin)
+    return left, top, min(width, right + margin) - left, min(height, bottom + margin) - top
+
+
+def thumbnail(page, path: Path) -> None:
+    """The graph alone, fitted to the window in focus mode (no menus): a Templates-browser thumbnail."""
+    page.js("app.extensionManager.command.execute('Workspace.ToggleFocusMode').then(() => true)")
+    try:
+        fit_view(page)
+        page.screenshot(path, clip=graph_box(page))
+    finally:
+        page.js("app.extensionManager.command.execute('Workspace.ToggleFocusMode').then(() => true)")
+        time.sleep(0.3)
 
 
 def node_of(page, node_type: str) -> str:
@@ -84,16 +122,19 @@ def test_our_nodes_in_the_node_library(page, ui_server, artifacts):
 def test_workflows_listed_in_the_templates_browser(page, artifacts):
     click_element(page, "[...document.querySelectorAll('button')].find((b) => "
                         "(b.getAttribute('aria-label') || '').startsWith('Templates'))")
-    text = page.wait_for("(() => { const d = [...document.querySelectorAll('[role=dialog]')].find((d) => "
-                         "d.innerText.includes('exact-inversion')); return d ? d.innerText : ''; })()", timeout=30)
-    for path in WORKFLOWS:
-        assert path.stem in text, path.stem
-    page.screenshot(artifacts / "templates.png")
-    dialog = "[...document.querySelectorAll('[role=dialog]')].find((d) => d.innerText.includes('exact-inversion'))"
-    click_element(page, f"[...{dialog}.querySelectorAll('button')].find((b) => "
-                        "(b.getAttribute('aria-label') || '').toLowerCase().includes('close') || "
-                        "b.querySelector('.pi-times'))")
-    page.wait_for(f"!{dialog}", timeout=10)
+    try:
+        text = page.wait_for(f"{OUR_DIALOG}?.innerText", timeout=30)
+        for path in WORKFLOWS:
+            assert path.stem in text, path.stem
+        # Each card shows the workflow's picture (workflows/<name>.jpg); a missing one becomes the front end's
+        # default-template.png.
+        cards = f"[...{OUR_DIALOG}.querySelectorAll('img')]"
+        page.wait_for(f"{cards}.length >= 4 && {cards}.every((i) => i.complete && i.naturalWidth > 0)", timeout=30)
+        page.screenshot(artifacts / "templates.png")
+        shown = page.js(f"{cards}.map((i) => [i.src, i.naturalWidth])")
+        assert all("default-template" not in src and width == THUMB_WIDTH for src, width in shown), shown
+    finally:
+        close_dialogs(page)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
@@ -125,6 +166,7 @@ def test_workflow_loads_without_missing_nodes_or_red_inputs(page, ui_server, art
     assert graph(prompt) == graph(expected)
     fit_view(page)
     page.screenshot(artifacts / f"workflow_{path.stem}.png")
+    thumbnail(page, artifacts / f"thumb_{path.stem}.png")
     assert not our_errors(page)
 
 
@@ -167,17 +209,44 @@ def test_word_picker_sets_the_anchor_and_toggles_words(page, artifacts):
     assert not our_errors(page)
 
 
+def test_prompt_words_as_the_picker_splits_them(page):
+    split = page.js("import('/extensions/exact-inversion/words.js').then((m) => "
+                    "m.promptWords('(red dog:1.2), a Red-haired cat; 3 dogs, a collar'))")
+    assert split == ["red", "dog", "a", "Red-haired", "cat", "dogs", "collar"]
+    toggled = page.js("import('/extensions/exact-inversion/words.js').then((m) => "
+                      "[m.pickWord('dog, collar', 'Collar', true), m.pickWord('dog', 'cat', true), "
+                      "m.pickWord('dog', 'cat', false)])")
+    assert toggled == ["dog", "dog, cat", "cat"]
+
+
+def test_bdia_hint_gives_the_servers_verdicts(page):
+    """The hint's thresholds are solvers/bdia.py's: same verdict for every gamma and step count tried."""
+    from solvers.bdia import bdia_guard
+
+    cases = [(g / 100, n) for g in range(50, 101, 5) for n in (10, 25, 49, 50, 100)]
+    hint = page.js(f"import('/extensions/exact-inversion/bdia_hint.js').then((m) => "
+                   f"{json.dumps(cases)}.map(([g, n]) => m.bdiaVerdict(g, n).verdict))")
+    for (gamma, steps), verdict in zip(cases, hint, strict=True):
+        try:
+            expected = "warns" if bdia_guard(gamma, steps) else "ok"
+        except ValueError:
+            expected = "refused"
+        assert verdict == expected, (gamma, steps)
+
+
 def test_bdia_hint_follows_gamma(page, artifacts):
     load(page, REPO / "workflows" / "bdia_invert_edit.json")
     node = node_of(page, "ExactInversion_BDIASolver")
-    levels = {}
-    for gamma in (1.0, 0.9, 0.85):
-        levels[gamma] = page.js(f"(() => {{ const n = {node}; const w = n.widgets.find((w) => w.name === 'gamma'); "
-                                f"w.value = {gamma}; w.callback?.(w.value); const box = n.widgets.find((w) => "
-                                "w.name === 'bdia_hint').element; return [box.dataset.level, box.textContent]; })()")
-    assert levels[1.0][0] == "ok"
-    assert levels[0.9][0] == "warning" and "×194" in levels[0.9][1]  # 0.9^-50, the server's warning
-    assert levels[0.85][0] == "refused"  # the server refuses gamma < 0.9 at 50 steps
+    hints = {}
+    for gamma in (1.0, 0.95, 0.9, 0.85):
+        hints[gamma] = page.js(f"(() => {{ const n = {node}; const w = n.widgets.find((w) => w.name === 'gamma'); "
+                               f"w.value = {gamma}; w.callback?.(w.value); const box = n.widgets.find((w) => "
+                               "w.name === 'bdia_hint').element; return [box.dataset.level, box.textContent]; })()")
+    assert hints[1.0] == ["ok", "Inversion error growth γ^-N · 25 steps: ×1.00 · 50 steps: ×1.00"]
+    assert hints[0.95][0] == "ok" and "50 steps: ×13.0" in hints[0.95][1]
+    # the server's verdicts (solvers/bdia.py): 0.9^-50 = 194 warns; gamma < 0.9 at 50 steps is refused
+    assert hints[0.9][0] == "warning" and "50 steps: ×194 (warns)" in hints[0.9][1]
+    assert hints[0.85][0] == "warning" and "25 steps: ×58.1" in hints[0.85][1] and "50 steps: refused" in hints[0.85][1]
     focus(page, node)
     page.screenshot(artifacts / "bdia_hint.png")
     assert not our_errors(page)
@@ -222,4 +291,24 @@ def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_s
                    "(n.exactInversionWarnings || []).length).every((n) => n.bgcolor === '#4a3510')")
     focus(page, "app.graph.nodes.find((n) => (n.exactInversionWarnings || []).length)")
     page.screenshot(artifacts / "run_warning.png")
+    assert not our_errors(page)
+
+
+def test_attention_mask_shows_its_mask_after_a_run(page, ui_server, artifacts):
+    load(page, REPO / "workflows" / "toy_attention_mask.json")
+    done = set(get_json(ui_server["url"] + "/history"))
+    page.js("app.queuePrompt(0, 1).then(() => true)")
+    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
+                        f"!{json.dumps(sorted(done))}.includes(k)))", timeout=60)
+    entry = wait_history(ui_server["url"], new[0], timeout=300)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    masks = page.js("app.graph.nodes.filter((n) => n.type === 'ExactInversion_AttentionMask').map((n) => n.id)")
+    assert masks
+    for node_id in masks:
+        assert entry["outputs"][str(node_id)]["images"], node_id  # the mask preview the node returns
+        shown = f"app.graph.getNodeById({node_id})"
+        assert page.wait_for(f"({shown}.imgs || []).length > 0 && {shown}.imgs[0].complete && "
+                             f"{shown}.imgs[0].naturalWidth > 0", timeout=30)
+    focus(page, f"app.graph.getNodeById({masks[0]})")
+    page.screenshot(artifacts / "attention_mask.png")
     assert not our_errors(page)

@@ -59,8 +59,14 @@ class Page:
         self._ws = self._loop.run_until_complete(self._session.ws_connect(ws_url, max_msg_size=0))
         for domain in ("Page.enable", "Runtime.enable"):
             self.send(domain)
+        self.size = (width, height)
+        self.resize(width, height)
+
+    def resize(self, width: int, height: int) -> None:
+        """Set the page's viewport (window.innerWidth x innerHeight); the front end relayouts on resize."""
         self.send("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.js("window.dispatchEvent(new Event('resize')), true")
 
     @staticmethod
     async def _open_session() -> aiohttp.ClientSession:
@@ -135,8 +141,12 @@ class Page:
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
 
-    def screenshot(self, path: Path) -> Path:
-        data = self.send("Page.captureScreenshot", {"format": "png"})["data"]
+    def screenshot(self, path: Path, clip: tuple[float, float, float, float] | None = None) -> Path:
+        """Save the window (or its rectangle clip = x, y, width, height) as a PNG."""
+        params: dict[str, Any] = {"format": "png"}
+        if clip:
+            params["clip"] = {"x": clip[0], "y": clip[1], "width": clip[2], "height": clip[3], "scale": 1}
+        data = self.send("Page.captureScreenshot", params)["data"]
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data))
         return path
