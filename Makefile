@@ -2,7 +2,7 @@
 # outside the repo: scripts/setup_host.sh) on a fresh machine.
 PY := scripts/py
 
-.PHONY: demo test lint host browser workflows docs validate
+.PHONY: demo test lint host browser workflows docs screenshots validate
 
 demo: host
 	$(PY) scripts/demo.py --out demo_output
@@ -25,6 +25,10 @@ workflows: host
 
 docs: host
 	$(PY) scripts/node_reference.py
+
+# README pictures (docs/ui) and Templates-browser thumbnails (workflows/*.jpg) from the browser tests.
+screenshots: host browser
+	$(PY) scripts/ui_screenshots.py
 
 # Comfy Registry readiness: comfy-cli 1.23.0 (own venv, no torch) runs `comfy node validate`; fails on its warnings.
 validate:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -60,6 +61,9 @@ def test_workflows_listed_as_templates(server):
     for path in WORKFLOWS:
         served = get_json(f"{server['url']}/api/workflow_templates/exact-inversion/{path.name}")
         assert served == json.loads(path.read_text())
+        # the Templates browser's thumbnail (scripts/ui_screenshots.py)
+        with urllib.request.urlopen(f"{server['url']}/api/workflow_templates/exact-inversion/{path.stem}.jpg") as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read(3) == b"\xff\xd8\xff"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
