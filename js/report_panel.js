@@ -1,7 +1,7 @@
 // Report panel: after a run, our nodes' text (the inversion's summary, the round-trip numbers, the
-// null-text passes, Save/Load's file, Edit's checks) is shown in the node, and the solver's warnings (BDIA's gamma
-// guard, EDICT's dilation, a cfg that does not match the optimised embeddings) are highlighted and
-// tint the node, so they are not lost in the server's log.
+// null-text passes, Save/Load's file) is shown in the node, and warnings (BDIA's gamma guard, EDICT's
+// dilation, Edit's checks of model, prompt and cfg) are highlighted and tint the node, so they are not
+// lost in the server's log. A run with nothing to say clears the panel and the tint.
 
 export const REPORTING_NODES = new Set([
   "ExactInversion_Invert",
@@ -39,13 +39,28 @@ function panelOf(node) {
   return widget;
 }
 
+function tint(node, warned) {
+  if (warned) {
+    node.exactInversionTinted ??= { color: node.color, bgcolor: node.bgcolor };
+    node.color = WARNING_COLOR;
+    node.bgcolor = WARNING_BGCOLOR;
+  } else if (node.exactInversionTinted) {
+    node.color = node.exactInversionTinted.color;
+    node.bgcolor = node.exactInversionTinted.bgcolor;
+    delete node.exactInversionTinted;
+  }
+}
+
 export function showReport(node, message) {
   const lines = (message?.text ?? []).flatMap((t) => String(t).split("\n"));
   const warnings = (message?.warnings ?? []).map(String);
-  if (!lines.length && !warnings.length) return;
   const shown = [...lines, ...warnings.filter((w) => !lines.includes(w))];
   node.exactInversionReport = shown.map((line) => (warnings.includes(line) ? "⚠ " + line : line));
-  const box = panelOf(node).element;
+  node.exactInversionWarnings = warnings;
+  tint(node, warnings.length > 0);
+  const existing = node.widgets?.find((w) => w.name === "exact_inversion_report");
+  if (!shown.length && !existing) return; // nothing to say and nothing shown yet: no empty panel
+  const box = (existing ?? panelOf(node)).element;
   box.replaceChildren();
   for (const line of shown) {
     const row = document.createElement("div");
@@ -57,15 +72,5 @@ export function showReport(node, message) {
     }
     box.appendChild(row);
   }
-  if (warnings.length) {
-    node.exactInversionTinted ??= { color: node.color, bgcolor: node.bgcolor };
-    node.color = WARNING_COLOR;
-    node.bgcolor = WARNING_BGCOLOR;
-  } else if (node.exactInversionTinted) {
-    node.color = node.exactInversionTinted.color;
-    node.bgcolor = node.exactInversionTinted.bgcolor;
-    delete node.exactInversionTinted;
-  }
-  node.exactInversionWarnings = warnings;
   node.setDirtyCanvas?.(true, true);
 }

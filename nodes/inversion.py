@@ -155,7 +155,7 @@ class Edit(io.ComfyNode):
             logging.warning("%s: %s", EDIT, warning)
         solver = solver_for_state(inversion, EDIT)
         out = run_edit(guider, solver, inversion, EDIT)
-        return io.NodeOutput({"samples": out}, ui={"warnings": warnings} if warnings else None)
+        return io.NodeOutput({"samples": out}, ui={"warnings": warnings})  # [] clears the front end's last ones
 
 
 def _check_same_model(model: Any, inversion: InversionState) -> list[str]:

@@ -96,6 +96,15 @@ def click_element(page, expression: str) -> None:
     page.click(box[0], box[1])
 
 
+def run_from_ui(page, server) -> dict:
+    """Queue the canvas as the Run button does, and wait for the server's history entry of that run."""
+    before = set(get_json(server["url"] + "/history"))
+    page.js("app.queuePrompt(0, 1).then(() => true)")
+    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
+                        f"!{json.dumps(sorted(before))}.includes(k)))", timeout=60)
+    return wait_history(server["url"], new[0], timeout=300)
+
+
 def test_our_nodes_in_the_node_library(page, ui_server, artifacts):
     info = get_json(ui_server["url"] + "/object_info")
     ours = sorted(k for k in info if k.startswith(OUR_PREFIX))
@@ -254,11 +263,7 @@ def test_bdia_hint_follows_gamma(page, artifacts):
 
 def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_server, artifacts):
     load(page, REPO / "workflows" / RUN_WORKFLOW)
-    before = set(get_json(ui_server["url"] + "/history"))
-    page.js("app.queuePrompt(0, 1).then(() => true)")
-    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
-                        f"!{json.dumps(sorted(before))}.includes(k)))", timeout=60)
-    entry = wait_history(ui_server["url"], new[0], timeout=300)
+    entry = run_from_ui(page, ui_server)
     assert entry["status"]["status_str"] == "success", entry["status"]
     check = node_of(page, "ExactInversion_RoundTripCheck")
     # The round-trip figure is on the check node, loaded.
@@ -278,11 +283,7 @@ def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_s
     blended = node_of(page, "ExactInversion_BlendedGuidance")
     page.js(f"(() => {{ const w = {blended}.widgets.find((w) => w.name === 'cfg'); w.value = 2.5; "
             "w.callback?.(w.value); return true; })()")
-    done = set(get_json(ui_server["url"] + "/history"))
-    page.js("app.queuePrompt(0, 1).then(() => true)")
-    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
-                        f"!{json.dumps(sorted(done))}.includes(k)))", timeout=60)
-    assert wait_history(ui_server["url"], new[0], timeout=300)["status"]["status_str"] == "success"
+    assert run_from_ui(page, ui_server)["status"]["status_str"] == "success"
     warned = page.wait_for("app.graph.nodes.filter((n) => n.type === 'ExactInversion_Edit' && "
                            "(n.exactInversionWarnings || []).length).map((n) => n.widgets.find((w) => "
                            "w.name === 'exact_inversion_report').element.innerText)", timeout=30)
@@ -291,16 +292,19 @@ def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_s
                    "(n.exactInversionWarnings || []).length).every((n) => n.bgcolor === '#4a3510')")
     focus(page, "app.graph.nodes.find((n) => (n.exactInversionWarnings || []).length)")
     page.screenshot(artifacts / "run_warning.png")
+    # Back to the inversion's cfg: the next run clears the warning and the tint.
+    page.js(f"(() => {{ const w = {blended}.widgets.find((w) => w.name === 'cfg'); w.value = 1.0; "
+            "w.callback?.(w.value); return true; })()")
+    assert run_from_ui(page, ui_server)["status"]["status_str"] == "success"
+    assert page.wait_for("app.graph.nodes.filter((n) => n.type === 'ExactInversion_Edit').every((n) => "
+                         "!(n.exactInversionWarnings || []).length && !n.exactInversionTinted && "
+                         "n.bgcolor !== '#4a3510') ? 1 : 0", timeout=30)
     assert not our_errors(page)
 
 
 def test_attention_mask_shows_its_mask_after_a_run(page, ui_server, artifacts):
     load(page, REPO / "workflows" / "toy_attention_mask.json")
-    done = set(get_json(ui_server["url"] + "/history"))
-    page.js("app.queuePrompt(0, 1).then(() => true)")
-    new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
-                        f"!{json.dumps(sorted(done))}.includes(k)))", timeout=60)
-    entry = wait_history(ui_server["url"], new[0], timeout=300)
+    entry = run_from_ui(page, ui_server)
     assert entry["status"]["status_str"] == "success", entry["status"]
     masks = page.js("app.graph.nodes.filter((n) => n.type === 'ExactInversion_AttentionMask').map((n) => n.id)")
     assert masks
