@@ -120,8 +120,11 @@ def test_our_nodes_in_the_node_library(page, ui_server, artifacts):
     page.js("(() => { const i = [...document.querySelectorAll('input')].find((i) => "
             "(i.placeholder || '').toLowerCase().includes('search')); i.value = 'inversion'; "
             "i.dispatchEvent(new Event('input', {bubbles: true})); return true; })()")
-    for display in ("Invert", "Null-text Inversion", "Blended Guidance", "Round-trip Check"):
-        page.wait_for(f"document.body.innerText.includes({json.dumps(display)})", timeout=20)
+    folders = "[...document.querySelectorAll('[role=treeitem]:not(.p-tree-node-leaf) > .p-tree-node-content')]"
+    page.wait_for(f"{folders}.some((e) => e.textContent.trim().startsWith('exact inversion'))", timeout=20)
+    leaves = "[...document.querySelectorAll('[role=treeitem].p-tree-node-leaf')].map((e) => e.textContent.trim())"
+    displays = sorted(info[k]["display_name"] for k in ours)
+    page.wait_for(f"{json.dumps(displays)}.every((d) => {leaves}.includes(d))", timeout=20)
     page.screenshot(artifacts / "node_library.png")
     click_element(page, "[...document.querySelectorAll('button')].find((b) => "
                         "(b.getAttribute('aria-label') || '').startsWith('Node Library'))")  # close it again
