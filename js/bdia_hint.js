@@ -3,6 +3,8 @@
 // gamma < 0.9 refused at 50 steps or more. The step count lives in the SIGMAS, not on this node, so the
 // hint gives the verdict at 25 and 50 steps.
 
+import { onWidgetChange } from "./widgets.js";
+
 export const GUARD = { warnGrowth: 1e2, minGamma: 0.9, minSteps: 50 };
 
 // The guard's verdict at a step count: "ok", "warns" (growth above 1e2) or "refused".
@@ -40,12 +42,7 @@ export function addBdiaHint(node) {
     box.dataset.level = level;
     box.style.color = level === "ok" ? "inherit" : "#fbbf24";
   };
-  const original = gamma.callback;
-  gamma.callback = function (...args) {
-    const out = original?.apply(this, args);
-    render();
-    return out;
-  };
+  onWidgetChange(gamma, render);
   node.exactInversionRenderHint = render;
   render();
 }

@@ -6,7 +6,7 @@
 // which ComfyUI shows on the node after a run.
 import { app } from "../../scripts/app.js";
 import { addBdiaHint } from "./bdia_hint.js";
-import { fitWidgets } from "./layout.js";
+import { fitWidgets } from "./widgets.js";
 import { REPORTING_NODES, showReport } from "./report_panel.js";
 import { addWordPicker, PICKERS } from "./word_picker.js";
 

@@ -61,16 +61,14 @@ export function showReport(node, message) {
   const existing = node.widgets?.find((w) => w.name === "exact_inversion_report");
   if (!shown.length && !existing) return; // nothing to say and nothing shown yet: no empty panel
   const box = (existing ?? panelOf(node)).element;
-  box.replaceChildren();
-  for (const line of shown) {
+  box.replaceChildren(...node.exactInversionReport.map((text, i) => {
     const row = document.createElement("div");
-    row.textContent = line;
-    if (warnings.includes(line)) {
+    row.textContent = text;
+    if (warnings.includes(shown[i])) {
       row.className = "exact-inversion-warning";
-      row.style.cssText = "color:#fbbf24;";
-      row.textContent = "⚠ " + line;
+      row.style.color = "#fbbf24";
     }
-    box.appendChild(row);
-  }
+    return row;
+  }));
   node.setDirtyCanvas?.(true, true);
 }

@@ -1,6 +1,6 @@
 // Anchor-word picker: the source prompt's words shown as chips under the word input, so a click sets
 // Blended Guidance's `anchor` (one word) or toggles a word in Attention Mask's `words` (a list).
-import { fitWidgets } from "./layout.js";
+import { fitWidgets, onWidgetChange } from "./widgets.js";
 import { pickWord, promptWords, splitWordList } from "./words.js";
 
 // node type -> which widget holds the prompt, which takes the word(s), and whether it is a list
@@ -87,12 +87,7 @@ export function addWordPicker(node, spec) {
   for (const name of [spec.prompt, spec.target]) {
     const w = widgetNamed(node, name);
     if (!w) continue;
-    const original = w.callback;
-    w.callback = function (...args) {
-      const out = original?.apply(this, args);
-      render();
-      return out;
-    };
+    onWidgetChange(w, render);
     w.element?.addEventListener?.("input", render);
     w.inputEl?.addEventListener?.("input", render);
   }

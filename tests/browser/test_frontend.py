@@ -88,6 +88,12 @@ def node_of(page, node_type: str) -> str:
     return f"app.graph.nodes.find((n) => n.type === {json.dumps(node_type)})"
 
 
+def set_widget(page, node: str, name: str, value) -> None:
+    """Set a widget as an edit in the UI does: its value, then its callback (which our JS listens to)."""
+    page.js(f"(() => {{ const w = {node}.widgets.find((w) => w.name === {json.dumps(name)}); "
+            f"w.value = {json.dumps(value)}; w.callback?.(w.value); return true; }})()")
+
+
 def click_element(page, expression: str) -> None:
     """A real mouse click in the middle of the element the expression returns."""
     box = page.js(f"(() => {{ const e = {expression}; if (!e) return null; const r = e.getBoundingClientRect(); "
@@ -203,8 +209,7 @@ def test_word_picker_sets_the_anchor_and_toggles_words(page, artifacts):
     assert blended["inputs"]["anchor"] == word  # what the server will run
     page.screenshot(artifacts / "word_picker.png")
     # Typing a new prompt re-renders the chips.
-    page.js(f"(() => {{ const w = {node}.widgets.find((w) => w.name === 'source_prompt'); w.value = 'a blue square';"
-            " w.callback?.(w.value); return true; })()")
+    set_widget(page, node, "source_prompt", "a blue square")
     assert page.js(f"[...{node}.widgets.find((w) => w.name === 'word_picker').element"
                    ".querySelectorAll('button')].map((b) => b.dataset.word)") == ["a", "blue", "square"]
     # Attention Mask takes a list: chips toggle words in and out of it.
@@ -251,9 +256,9 @@ def test_bdia_hint_follows_gamma(page, artifacts):
     node = node_of(page, "ExactInversion_BDIASolver")
     hints = {}
     for gamma in (1.0, 0.95, 0.9, 0.85):
-        hints[gamma] = page.js(f"(() => {{ const n = {node}; const w = n.widgets.find((w) => w.name === 'gamma'); "
-                               f"w.value = {gamma}; w.callback?.(w.value); const box = n.widgets.find((w) => "
-                               "w.name === 'bdia_hint').element; return [box.dataset.level, box.textContent]; })()")
+        set_widget(page, node, "gamma", gamma)
+        hints[gamma] = page.js(f"(({{dataset, textContent}}) => [dataset.level, textContent])("
+                               f"{node}.widgets.find((w) => w.name === 'bdia_hint').element)")
     assert hints[1.0] == ["ok", "Inversion error growth γ^-N · 25 steps: ×1.00 · 50 steps: ×1.00"]
     assert hints[0.95][0] == "ok" and "50 steps: ×13.0" in hints[0.95][1]
     # the server's verdicts (solvers/bdia.py): 0.9^-50 = 194 warns; gamma < 0.9 at 50 steps is refused
@@ -284,8 +289,7 @@ def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_s
     page.screenshot(artifacts / "run_check_closeup.png")
     # A warning from the run lands in the node: Blended Guidance at another cfg than Invert's.
     blended = node_of(page, "ExactInversion_BlendedGuidance")
-    page.js(f"(() => {{ const w = {blended}.widgets.find((w) => w.name === 'cfg'); w.value = 2.5; "
-            "w.callback?.(w.value); return true; })()")
+    set_widget(page, blended, "cfg", 2.5)
     assert run_from_ui(page, ui_server)["status"]["status_str"] == "success"
     warned = page.wait_for("app.graph.nodes.filter((n) => n.type === 'ExactInversion_Edit' && "
                            "(n.exactInversionWarnings || []).length).map((n) => n.widgets.find((w) => "
@@ -296,8 +300,7 @@ def test_a_workflow_runs_from_the_ui_and_shows_its_figure_and_reports(page, ui_s
     focus(page, "app.graph.nodes.find((n) => (n.exactInversionWarnings || []).length)")
     page.screenshot(artifacts / "run_warning.png")
     # Back to the inversion's cfg: the next run clears the warning and the tint.
-    page.js(f"(() => {{ const w = {blended}.widgets.find((w) => w.name === 'cfg'); w.value = 1.0; "
-            "w.callback?.(w.value); return true; })()")
+    set_widget(page, blended, "cfg", 1.0)
     assert run_from_ui(page, ui_server)["status"]["status_str"] == "success"
     assert page.wait_for("app.graph.nodes.filter((n) => n.type === 'ExactInversion_Edit').every((n) => "
                          "!(n.exactInversionWarnings || []).length && !n.exactInversionTinted && "

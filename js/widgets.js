@@ -1,0 +1,18 @@
+// Helpers our widgets share: node sizing, and listening to another widget's changes.
+
+// A workflow saved before our widgets existed restores its old node size; growing the node (never
+// shrinking it) keeps the chips, the hint and the report visible.
+export function fitWidgets(node) {
+  const min = node.computeSize?.();
+  if (min && node.size && node.size[1] < min[1]) node.setSize([Math.max(node.size[0], min[0]), min[1]]);
+}
+
+// Call `after` whenever the widget's value is changed in the UI (its callback), keeping its own callback.
+export function onWidgetChange(widget, after) {
+  const original = widget.callback;
+  widget.callback = function (...args) {
+    const out = original?.apply(this, args);
+    after();
+    return out;
+  };
+}
