@@ -92,6 +92,11 @@ class NullServer:
         self.messages.append((event, data))
 
 
+#: PromptExecutor's cache settings as main.py passes them with caching off: 0.28 reads "ram_inactive" too, 0.3.75
+#: ignores keys it does not know, so one dict serves every host
+CACHE_ARGS = {"lru": 0, "ram": 0, "ram_inactive": 0}
+
+
 def run_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
     """Validate and execute an API-format graph; returns the history outputs or raises with the error."""
     import execution
@@ -103,7 +108,7 @@ def run_prompt(prompt: dict[str, Any]) -> dict[str, Any]:
     if not ok:
         raise RuntimeError(f"prompt failed validation: {err} {node_errors}")
     server = NullServer()
-    ex = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args={"lru": 0, "ram": 0})
+    ex = execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC, cache_args=CACHE_ARGS)
     ex.execute(prompt, pid, {}, outputs)
     if not ex.success:
         errors = [m for m in ex.status_messages if m[0] == "execution_error"]

@@ -8,9 +8,11 @@ Requires ComfyUI to be importable (see tests/host/conftest.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import comfy.cldm.cldm
+import comfy.ldm.flux.model
 import comfy.controlnet
 import comfy.latent_formats
 import comfy.model_management
@@ -112,9 +114,16 @@ def make_sdxl_cond(seed: int = 0) -> list:
     return [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
 
 
+def flux_config() -> dict:
+    """TINY_FLUX_CONFIG with what this ComfyUI's ``FluxParams`` also requires (0.28 added ``txt_ids_dims``:
+    which RoPE axes number the text tokens; none, as for Flux.1)."""
+    fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
+    return {**TINY_FLUX_CONFIG, **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
+
+
 def make_flux_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
     """A tiny Flux-shaped flow DiT as a MODEL (ComfyUI's own Flux classes, seeded random weights)."""
-    cfg = comfy.supported_models.Flux(dict(TINY_FLUX_CONFIG))
+    cfg = comfy.supported_models.Flux(flux_config())
     cfg.set_inference_dtype(torch.float32, None)
     base = cfg.get_model({})
     init_weights(base.diffusion_model, seed)
