@@ -158,7 +158,10 @@ def host_dir(source: Source) -> Path:
 
 
 def _stamp(source: Source) -> dict:
-    return {"recipe": RECIPE, "version": source.version, "source": source.kind, "fingerprint": source.fingerprint}
+    """What a host was built from: a change to any of it (a lock file included) rebuilds the host."""
+    lock, _ = choose_lock(source.version)
+    return {"recipe": RECIPE, "version": source.version, "source": source.kind, "fingerprint": source.fingerprint,
+            "lock": f"{lock.name} {_sha256(lock)}"}
 
 
 def is_current(host: Path, source: Source) -> bool:
