@@ -115,7 +115,7 @@ class AttentionMask(io.ComfyNode):
                 io.Float.Input("end", default=1.0, min=0.0, max=1.0, step=0.05,
                                tooltip="Last fraction of the steps to average."),
             ],
-            outputs=[io.Mask.Output("mask", tooltip="Soft mask in [0, 1] at the latent's size.")],
+            outputs=[io.Mask.Output("mask", display_name="MASK", tooltip="Soft mask in [0, 1] at the latent's size.")],
         )
 
     @classmethod

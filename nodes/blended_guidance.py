@@ -293,7 +293,7 @@ class BlendedGuidance(io.ComfyNode):
                              tooltip="Seed of the stochastic noise (used when eta > 0); image i of a batch uses "
                                      "seed + i."),
             ],
-            outputs=[io.Guider.Output("guider", tooltip="Connect to Edit from Inversion.")],
+            outputs=[io.Guider.Output("guider", display_name="GUIDER", tooltip="Connect to Edit from Inversion.")],
         )
 
     @classmethod

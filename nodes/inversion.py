@@ -63,8 +63,9 @@ class Invert(io.ComfyNode):
                 io.Latent.Input("latent", tooltip="The encoded image to invert."),
             ],
             outputs=[
-                Inversion.Output("inversion", tooltip="The inverted state; feed it to Edit."),
-                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T, for previews."),
+                Inversion.Output("inversion", display_name="INVERSION", tooltip="The inverted state; feed it to Edit."),
+                io.Latent.Output("noise_latent", display_name="noise latent",
+                                 tooltip="The inverted latent z_T, for previews."),
             ],
         )
 
@@ -132,7 +133,8 @@ class Edit(io.ComfyNode):
                                 tooltip="Optional: the SIGMAS used by Invert, to check the graph is wired as "
                                         "intended. The inversion's own grid is always used."),
             ],
-            outputs=[io.Latent.Output("latent", tooltip="The regenerated (edited) latent; decode it with the VAE.")],
+            outputs=[io.Latent.Output("latent", display_name="LATENT",
+                                     tooltip="The regenerated (edited) latent; decode it with the VAE.")],
         )
 
     @classmethod
@@ -266,11 +268,12 @@ class RoundTripCheck(io.ComfyNode):
                 io.Image.Input("result_image", optional=True, tooltip="The decoded reconstruction."),
             ],
             outputs=[
-                io.Float.Output("max_abs_error"),
-                io.Float.Output("relative_error", tooltip="||result - original|| / ||original||"),
-                io.Float.Output("psnr_db", tooltip="PSNR in dB; peak 1 for images, the original's value range "
-                                                   "for latents."),
-                io.String.Output("report"),
+                io.Float.Output("max_abs_error", display_name="max abs error"),
+                io.Float.Output("relative_error", display_name="relative error",
+                                tooltip="||result - original|| / ||original||"),
+                io.Float.Output("psnr_db", display_name="PSNR dB",
+                                tooltip="PSNR in dB; peak 1 for images, the original's value range for latents."),
+                io.String.Output("report", display_name="report"),
             ],
         )
 

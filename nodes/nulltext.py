@@ -516,9 +516,11 @@ class NullTextInversion(io.ComfyNode):
                              tooltip="bias_correction: seed of the starts."),
             ],
             outputs=[
-                Inversion.Output("inversion", tooltip="Feed it to Edit from Inversion with a CFGGuider at the same "
+                Inversion.Output("inversion", display_name="INVERSION",
+                                 tooltip="Feed it to Edit from Inversion with a CFGGuider at the same "
                                                       "cfg and your target prompt."),
-                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T, for previews."),
+                io.Latent.Output("noise_latent", display_name="noise latent",
+                                 tooltip="The inverted latent z_T, for previews."),
             ],
         )
 

@@ -56,7 +56,8 @@ class DDIMSolver(io.ComfyNode):
                 ),
                 state_dtype_input(),
             ],
-            outputs=[io.Sampler.Output(tooltip="Use with Invert/Edit, or with SamplerCustomAdvanced to generate.")],
+            outputs=[io.Sampler.Output(display_name="SAMPLER",
+                                      tooltip="Use with Invert/Edit, or with SamplerCustomAdvanced to generate.")],
         )
 
     @classmethod
@@ -85,7 +86,7 @@ class EDICTSolver(io.ComfyNode):
                                        "as p does at 50 steps."),
                 state_dtype_input(),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
         )
 
     @classmethod
@@ -111,7 +112,7 @@ class BDIASolver(io.ComfyNode):
                                        "gamma^-steps, so gamma < 0.9 is refused at 50 or more steps."),
                 state_dtype_input(),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
         )
 
     @classmethod
@@ -143,7 +144,7 @@ class AIDISolver(io.ComfyNode):
                 io.Int.Input("window", default=3, min=1, max=8, tooltip="Anderson history length (variant A)."),
                 state_dtype_input(),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
         )
 
     @classmethod
@@ -170,7 +171,7 @@ class EESSolver(io.ComfyNode):
                                        "EES(2,7): 4 evaluations per step, O(h^7)."),
                 state_dtype_input(),
             ],
-            outputs=[io.Sampler.Output()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
         )
 
     @classmethod

@@ -173,8 +173,9 @@ class SaveInversion(io.ComfyNode):
                                 tooltip=f"File name prefix; subfolders with '/'. Saved as "
                                         f"output/{SUBFOLDER}/<prefix>_00001_{EXTENSION}, never overwriting."),
             ],
-            outputs=[io.String.Output("file", tooltip="The saved file's name as Load Inversion lists it; connect it "
-                                                      "to Load Inversion's file_name to reload in the same run.")],
+            outputs=[io.String.Output("file", display_name="file",
+                                      tooltip="The saved file's name as Load Inversion lists it; connect it "
+                                              "to Load Inversion's file_name to reload in the same run.")],
         )
 
     @classmethod
@@ -215,8 +216,10 @@ class LoadInversion(io.ComfyNode):
                                 tooltip="Optional: the grid the graph expects; a different grid is refused."),
             ],
             outputs=[
-                Inversion.Output("inversion", tooltip="The loaded inversion; feed it to Edit."),
-                io.Latent.Output("noise_latent", tooltip="The inverted latent z_T, as Invert output it."),
+                Inversion.Output("inversion", display_name="INVERSION",
+                                 tooltip="The loaded inversion; feed it to Edit."),
+                io.Latent.Output("noise_latent", display_name="noise latent",
+                                 tooltip="The inverted latent z_T, as Invert output it."),
             ],
         )
 

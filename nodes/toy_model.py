@@ -316,11 +316,14 @@ class ToyModelLoader(io.ComfyNode):
                                        "the one scripts/train_toy.py exports."),
             ],
             outputs=[
-                io.Model.Output(tooltip="The toy UNet: eps prediction on the SD1 schedule, in pixel space "
+                io.Model.Output(display_name="MODEL",
+                                tooltip="The toy UNet: eps prediction on the SD1 schedule, in pixel space "
                                         "(3-channel latent in [-1, 1])."),
-                io.Clip.Output(tooltip="The toy text encoder; its vocabulary is a, on, background, 8 colours "
+                io.Clip.Output(display_name="CLIP",
+                               tooltip="The toy text encoder; its vocabulary is a, on, background, 8 colours "
                                        "and circle/square/triangle."),
-                io.Vae.Output(tooltip="Pixel-space VAE: IMAGE in [0, 1] <-> latent in [-1, 1], no compression."),
+                io.Vae.Output(display_name="VAE",
+                              tooltip="Pixel-space VAE: IMAGE in [0, 1] <-> latent in [-1, 1], no compression."),
             ],
         )
 
