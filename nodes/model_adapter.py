@@ -29,24 +29,59 @@ from .uncond import UncondSchedule, step_index
 PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 
 
-def schedule_for_sampling(sampling: Any, node: str) -> Schedule:
-    """The solver schedule for a ComfyUI ``model_sampling`` object (eps/v -> vp, CONST -> flow)."""
-    if isinstance(sampling, comfy.model_sampling.CONST):
-        return Schedule("flow")
-    is_plain_eps = isinstance(sampling, comfy.model_sampling.EPS) and not isinstance(
-        sampling, (comfy.model_sampling.EDM, comfy.model_sampling.X0)
-    )
-    if is_plain_eps and float(getattr(sampling, "sigma_data", 1.0)) == 1.0:
-        return Schedule("vp")
-    raise ValueError(
-        f"{node}: the model's sampling type {type(sampling).__name__} is not supported; exact inversion "
-        "supports eps and v-prediction models (SD1.x/2.x/SDXL style) and flow models (SD3/Flux style)."
-    )
+#: ComfyUI's prediction types the solvers model exactly, matched by class, never by subclass: a subclass
+#: predicts something else (EDM and X0 subclass EPS; IMG_TO_IMG_FLOW, an image-to-image model, subclasses CONST)
+EXACT_PREDICTIONS = {"EPS": "vp", "V_PREDICTION": "vp", "CONST": "flow"}
+SUPPORTED = ("eps- and v-prediction models (SD1.x, SD2.x, SDXL style) and flow models with unit noise scale "
+             "(SD3, Flux and the other rectified-flow DiTs)")
+
+
+def prediction_type(sampling: Any) -> type | None:
+    """The most derived prediction class of ``sampling`` (EPS, V_PREDICTION, CONST, IMG_TO_IMG_FLOW, ...).
+
+    ComfyUI composes a sampling object from a sigma schedule (``ModelSamplingDiscrete``, an ``nn.Module``)
+    and a prediction class; the first class of the MRO that is no module and computes x0
+    (``calculate_denoised``) is the prediction in force, with whatever it overrides.
+    """
+    for cls in type(sampling).__mro__:
+        if not issubclass(cls, torch.nn.Module) and hasattr(cls, "calculate_denoised"):
+            return cls
+    return None
+
+
+def model_name(model: Any) -> str:
+    """The model family as ComfyUI names it (its supported-models config class, e.g. 'SDXL', 'Flux')."""
+    config = getattr(model, "model_config", None)
+    return type(config).__name__ if config is not None else type(model).__name__
+
+
+def schedule_for_sampling(sampling: Any, node: str, model: Any = None) -> Schedule:
+    """The solver schedule for a ComfyUI ``model_sampling`` object (eps/v -> vp, CONST -> flow), or a clear refusal.
+
+    Only the prediction types whose coordinates the solvers model exactly pass: x = x0 + sigma*eps with
+    sigma_data 1 (eps, v) and x = (1 - sigma)*x0 + sigma*eps (flow, noise_scale 1). Anything else would be
+    inverted in the wrong coordinates and silently give a wrong image.
+    """
+    pred = prediction_type(sampling)
+    kind = EXACT_PREDICTIONS.get(pred.__name__) if pred is not None and pred.__module__ == "comfy.model_sampling" \
+        else None
+    detail = ""
+    if kind == "vp" and float(getattr(sampling, "sigma_data", 1.0)) != 1.0:
+        kind, detail = None, f" with sigma_data {float(sampling.sigma_data):g}"
+    if kind == "flow" and float(getattr(sampling, "noise_scale", 1.0)) != 1.0:
+        kind, detail = None, f" with noise_scale {float(sampling.noise_scale):g}"
+    if kind is None:
+        what = pred.__name__ if pred is not None else type(sampling).__name__
+        name = f"the model ({model_name(model)})" if model is not None else "the model"
+        raise ValueError(f"{node}: {name} uses the sampling type {what}{detail}, which exact inversion does not "
+                         f"model; supported are {SUPPORTED}. Use such a model, or remove the node that changed "
+                         "its sampling")
+    return Schedule(kind)
 
 
 def schedule_for(model_patcher: Any, node: str) -> Schedule:
     """The solver schedule for a MODEL (a ComfyUI ModelPatcher)."""
-    return schedule_for_sampling(model_patcher.get_model_object("model_sampling"), node)
+    return schedule_for_sampling(model_patcher.get_model_object("model_sampling"), node, model_patcher.model)
 
 
 def fractional_timestep(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -138,7 +173,7 @@ class SolverSampler(comfy.samplers.Sampler):
         model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
         model_k.latent_image = latent_image
         model_k.noise = noise
-        schedule = schedule_for_sampling(model_wrap.inner_model.model_sampling, self.node)
+        schedule = schedule_for_sampling(model_wrap.inner_model.model_sampling, self.node, model_wrap.inner_model)
         return make_denoiser(model_k, args), schedule
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
