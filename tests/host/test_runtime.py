@@ -212,18 +212,27 @@ def test_interrupt_within_one_model_evaluation(node_classes, fp32_model, solver,
 
 @contextlib.contextmanager
 def progress_hook(method: LatentPreviewMethod) -> Iterator[list[tuple[int, int, Any]]]:
-    """Record (value, total, preview) of every progress update, with the given preview method."""
+    """Record (value, total, preview) of every progress update the pack reports, with the given preview method.
+
+    Recorded where the pack reports them, at ``ProgressBar.update_absolute``: what ComfyUI's hook passes on
+    is throttled (0.28 drops updates closer than 0.1 s apart, previews excepted), so it says more about the
+    clock than about the pack. A hook is installed too, so ComfyUI's own path runs as in a server.
+    """
     updates: list[tuple[int, int, Any]] = []
     previous_hook, previous_method = comfy.utils.PROGRESS_BAR_HOOK, args.preview_method
+    stock = comfy.utils.ProgressBar.update_absolute
 
-    def hook(value: int, total: int, preview: Any, node_id: Any = None) -> None:
-        updates.append((value, total, preview))
+    def recording(bar: Any, value: int, total: int | None = None, preview: Any = None) -> None:
+        updates.append((value, total if total is not None else bar.total, preview))
+        stock(bar, value, total, preview)
 
-    comfy.utils.set_progress_bar_global_hook(hook)
+    comfy.utils.set_progress_bar_global_hook(lambda *a, **k: None)
     args.preview_method = method
+    comfy.utils.ProgressBar.update_absolute = recording  # test-only spy, restored below
     try:
         yield updates
     finally:
+        comfy.utils.ProgressBar.update_absolute = stock
         comfy.utils.set_progress_bar_global_hook(previous_hook)
         args.preview_method = previous_method
 

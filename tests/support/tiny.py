@@ -12,9 +12,9 @@ import dataclasses
 import math
 
 import comfy.cldm.cldm
-import comfy.ldm.flux.model
 import comfy.controlnet
 import comfy.latent_formats
+import comfy.ldm.flux.model
 import comfy.model_management
 import comfy.model_patcher
 import comfy.sd
