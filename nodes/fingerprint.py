@@ -57,6 +57,21 @@ def _base_weights(model_patcher: Any) -> list[tuple[str, torch.Tensor]]:
     return out
 
 
+def _weight_dtype(model: Any) -> torch.dtype | None:
+    """The dtype the model's weights are kept in for inference (its config's, e.g. fp16).
+
+    Weights are hashed at this dtype: ComfyUI 0.28's dynamic VRAM loading (``ModelPatcherDynamic``, the
+    default on NVIDIA) keeps them in the file's dtype and casts per layer, the plain loader converts them
+    once; both then compute with the same values, and must get the same fingerprint.
+    """
+    get_dtype = getattr(model, "get_dtype", None)
+    try:
+        dtype = get_dtype() if get_dtype is not None else None
+    except (AttributeError, RuntimeError):
+        return None
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
 def model_fingerprint(model_patcher: Any) -> dict[str, Any]:
     """{'id': short hex, 'summary': human-readable description} of a MODEL (cached per model and sampling)."""
     model = model_patcher.model
@@ -80,9 +95,10 @@ def _compute_model_fingerprint(model_patcher: Any, model: Any, sampling: Any) ->
     h.update(json.dumps(unet_config, sort_keys=True, default=str).encode())
     try:
         weights = _base_weights(model_patcher)
+        dtype = _weight_dtype(model)
         for name, weight in weights:
             h.update(name.encode())
-            _digest(h, weight)
+            _digest(h, weight.to(dtype) if dtype is not None else weight)
         summary["weights_hashed"] = len(weights)
     except (AttributeError, RuntimeError, TypeError) as err:  # exotic/quantised weights: config only
         summary["weights_hashed"] = f"unavailable ({type(err).__name__})"
