@@ -46,8 +46,10 @@ def page(ui_server):
         page.goto(ui_server["url"])
         page.wait_for("window.app && app.graph && window.LiteGraph && "
                       "Object.keys(LiteGraph.registered_node_types).length > 100", timeout=120)
+        # 1.32's "Introducing Nodes 2.0" banner covers the top of the window: dismiss it with its icon-only
+        # button (the other one, "Try it out", would switch node rendering). Later front ends have no banner.
         page.js("[...document.querySelectorAll('button')].find((b) => b.parentElement?.innerText?.includes("
-                "'Introducing Nodes 2.0') && b.querySelector('i[class*=\"lucide--x\"]'))?.click() ?? true")
+                "'Introducing Nodes 2.0') && !b.innerText.trim())?.click() ?? true")
         yield page
     finally:
         page.close()

@@ -94,12 +94,61 @@ def set_widget(page, node: str, name: str, value) -> None:
             f"w.value = {json.dumps(value)}; w.callback?.(w.value); return true; }})()")
 
 
-def click_element(page, expression: str) -> None:
-    """A real mouse click in the middle of the element the expression returns."""
-    box = page.js(f"(() => {{ const e = {expression}; if (!e) return null; const r = e.getBoundingClientRect(); "
-                  "return [r.x + r.width / 2, r.y + r.height / 2, r.width, r.height]; })()")
-    assert box and box[2] > 0 and box[3] > 0, f"not on screen: {expression}"
+def click_element(page, expression: str, timeout: float = 10.0) -> None:
+    """A real mouse click in the middle of the element the expression returns, once a user could click it: on
+    screen, still (side panels and dialogs slide in) and on top (1.45 masks the page for a moment after load,
+    and a click on the mask is lost)."""
+    where = (f"(() => {{ const e = {expression}; if (!e) return null; const r = e.getBoundingClientRect(); "
+             "const x = r.x + r.width / 2, y = r.y + r.height / 2, top = document.elementFromPoint(x, y); "
+             "return [x, y, r.width, r.height, !!top && e.contains(top)]; })()")
+    deadline, box = time.time() + timeout, page.js(where)
+    while True:
+        time.sleep(0.1)
+        box, before = page.js(where), box
+        ready = bool(box) and box == before and box[2] > 0 and box[3] > 0 and box[4]
+        if ready or time.time() > deadline:
+            break
+    assert ready, f"not clickable (absent, off screen, moving or covered): {expression} -> {box}"
     page.click(box[0], box[1])
+
+
+def sidebar_button(name: str) -> str:
+    """A JS expression for a side-bar button by its accessible name ('Node Library (n)', 'Templates'),
+    which both front ends give it; their classes and icons differ."""
+    return ("[...document.querySelectorAll('button')].find((b) => "
+            f"(b.getAttribute('aria-label') || '').startsWith({json.dumps(name)}))")
+
+
+#: The Node Library's search box: a visible input whose placeholder says search ('Search Nodes...' on 1.32, a
+#: 'Search...' combobox on 1.45); of several, the one sitting closest to a [role=tree] (the library's list).
+LIBRARY_SEARCH = (
+    "(() => { const near = (i) => { let d = 0; for (let e = i; e; e = e.parentElement, d++) "
+    "if (e.querySelector('[role=tree]')) return d; return Infinity; }; "
+    "return [...document.querySelectorAll('input')].filter((i) => /search/i.test(i.placeholder || '') && "
+    "i.getClientRects().length).sort((a, b) => near(a) - near(b))[0] ?? null; })()")
+
+
+def tree_leaves_under(folder: str) -> str:
+    """A JS expression: the names of the leaves anywhere under the first tree folder called `folder`, or null.
+
+    Read through ARIA tree semantics, which both front ends' Node Libraries expose but lay out differently:
+    1.32's PrimeVue tree nests each folder's items inside it, 1.45's (virtualised, reka-ui) lists all items
+    flat. In both, treeitems come in document order with an aria-level, so a folder's subtree is the run of
+    items after it that are deeper, and a leaf is an item the next one is not deeper than. An item's name is
+    its aria-label (1.32), else its own first line of text (1.45: no children inside, no count badge). The folder
+    is scrolled to the top of its list first: a virtualised list renders only the rows near its viewport."""
+    return (
+        "(() => { const name = (e) => (e.getAttribute('aria-label') || e.innerText.split('\\n')[0]).trim(); "
+        "const level = (e) => Number(e.getAttribute('aria-level')) || "
+        "1 + [...document.querySelectorAll('[role=treeitem]')].filter((a) => a !== e && a.contains(e)).length; "
+        "for (const tree of document.querySelectorAll('[role=tree]')) { "
+        "const items = [...tree.querySelectorAll('[role=treeitem]')]; "
+        f"const at = items.findIndex((e) => name(e) === {json.dumps(folder)}); if (at < 0) continue; "
+        "items[at].scrollIntoView({block: 'start'}); "
+        "const under = []; for (let k = at + 1; k < items.length && level(items[k]) > level(items[at]); k++) "
+        "under.push(items[k]); "
+        "return under.filter((e, k) => !(k + 1 < under.length && level(under[k + 1]) > level(e))).map(name); } "
+        "return null; })()")
 
 
 def run_from_ui(page, server) -> dict:
@@ -117,31 +166,48 @@ def test_our_nodes_in_the_node_library(page, ui_server, artifacts):
     assert len(ours) >= 14
     registered = page.js(f"Object.keys(LiteGraph.registered_node_types).filter((k) => k.startsWith('{OUR_PREFIX}'))")
     assert sorted(registered) == ours
-    # The Node Library sidebar lists them under their category, with their display names.
-    click_element(page, "[...document.querySelectorAll('button')].find((b) => "
-                        "(b.getAttribute('aria-label') || '').startsWith('Node Library'))")
-    search = page.wait_for("[...document.querySelectorAll('input')].some((i) => "
-                           "(i.placeholder || '').toLowerCase().includes('search')) ? 1 : 0")
-    assert search
-    page.js("(() => { const i = [...document.querySelectorAll('input')].find((i) => "
-            "(i.placeholder || '').toLowerCase().includes('search')); i.value = 'inversion'; "
-            "i.dispatchEvent(new Event('input', {bubbles: true})); return true; })()")
-    folders = "[...document.querySelectorAll('[role=treeitem]:not(.p-tree-node-leaf) > .p-tree-node-content')]"
-    page.wait_for(f"{folders}.some((e) => e.textContent.trim().startsWith('exact inversion'))", timeout=20)
-    leaves = "[...document.querySelectorAll('[role=treeitem].p-tree-node-leaf')].map((e) => e.textContent.trim())"
-    displays = sorted(info[k]["display_name"] for k in ours)
-    page.wait_for(f"{json.dumps(displays)}.every((d) => {leaves}.includes(d))", timeout=20)
-    page.screenshot(artifacts / "node_library.png")
-    click_element(page, "[...document.querySelectorAll('button')].find((b) => "
-                        "(b.getAttribute('aria-label') || '').startsWith('Node Library'))")  # close it again
+    # The Node Library sidebar lists them in their category's folder, with their display names.
+    is_open = "app.extensionManager.sidebarTab.activeSidebarTabId === 'node-library'"
+    assert not page.js(is_open)
+    click_element(page, sidebar_button("Node Library"))
+    try:
+        page.wait_for(f"{is_open} && !!{LIBRARY_SEARCH}", timeout=20)
+        # Typed as a user does (focus, then keyboard input) rather than setting .value and faking an event,
+        # which would depend on how each front end's box (a plain input on 1.32, a reka-ui combobox on 1.45) listens.
+        click_element(page, LIBRARY_SEARCH)
+        assert page.wait_for(f"document.activeElement === {LIBRARY_SEARCH}", timeout=5)
+        page.js(f"{LIBRARY_SEARCH}.select(), true")
+        page.type_text("inversion")
+        displays = sorted(info[k]["display_name"] for k in ours)
+        leaves = tree_leaves_under("exact inversion")
+        try:
+            page.wait_for(f"{json.dumps(displays)}.every((d) => ({leaves} || []).includes(d))", timeout=20)
+        except TimeoutError:
+            pass  # the assertions below say what is missing
+        shown = page.js(leaves)
+        assert shown is not None, "no 'exact inversion' folder in the Node Library"
+        assert not [d for d in displays if d not in shown], (displays, shown)
+        page.screenshot(artifacts / "node_library.png")
+    finally:
+        if page.js(is_open):
+            click_element(page, sidebar_button("Node Library"))  # close it again
+        page.wait_for(f"!({is_open})", timeout=10)
     assert not our_errors(page)
 
 
 def test_workflows_listed_in_the_templates_browser(page, artifacts):
-    click_element(page, "[...document.querySelectorAll('button')].find((b) => "
-                        "(b.getAttribute('aria-label') || '').startsWith('Templates'))")
+    click_element(page, sidebar_button("Templates"))
     try:
-        text = page.wait_for(f"{OUR_DIALOG}?.innerText", timeout=30)
+        # Our workflows are listed under our extension's category in the dialog's list of categories. With
+        # comfyui-workflow-templates installed (both hosts) the dialog opens on "All" (hundreds of templates,
+        # ours not among the cards shown), so pick ours as a user does.
+        category = (f"[...{OUR_DIALOG}.querySelectorAll('button, a, [role=button], [role=tab], [role=option], "
+                    "[role=menuitem], [role=treeitem]')].find((e) => e.textContent.trim() === 'exact-inversion')")
+        page.wait_for(f"!!({category})", timeout=30)
+        click_element(page, category)
+        stems = json.dumps([p.stem for p in WORKFLOWS])
+        text = page.wait_for(f"{stems}.every((s) => {OUR_DIALOG}.innerText.includes(s)) && {OUR_DIALOG}.innerText",
+                             timeout=30)
         for path in WORKFLOWS:
             assert path.stem in text, path.stem
         # Each card shows the workflow's picture (workflows/<name>.jpg); a missing one becomes the front end's

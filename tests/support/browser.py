@@ -141,6 +141,11 @@ class Page:
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
             self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
 
+    def type_text(self, text: str) -> None:
+        """Type into the focused element as a keyboard would (trusted input events), so whatever a widget
+        library listens to sees it, as with a user; setting .value from script bypasses those listeners."""
+        self.send("Input.insertText", {"text": text})
+
     def screenshot(self, path: Path, clip: tuple[float, float, float, float] | None = None) -> Path:
         """Save the window (or its rectangle clip = x, y, width, height) as a PNG."""
         params: dict[str, Any] = {"format": "png"}
