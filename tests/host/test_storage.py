@@ -329,3 +329,205 @@ def test_wrong_shape_refused_unless_allowed(node_classes, world):
 
 def test_save_refuses_non_inversion(node_classes):
     expect(r"Save Inversion: input 'inversion' must come from Invert", save, node_classes, random_latent())
+
+
+def test_loaded_inversion_saves_again(host, node_classes, world):
+    loaded = load(node_classes, world["name"])
+    again = save(node_classes, loaded, "tests/again").result[0]
+    assert torch.equal(load(node_classes, again).latents["x"], world["inv"].latents["x"])
+
+
+# --- hostile input: files and names (see also test_hostile_files.py for the property-based suites) ------
+
+
+def storage_module():
+    return next(m for name, m in sys.modules.items() if name.endswith("nodes.storage") and hasattr(m, "save_file"))
+
+
+def everything_under(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in Path(root).rglob("*")}
+
+
+def test_counter_goes_past_five_digits_without_overwriting(host, node_classes, world):
+    folder = Path(host["work"]) / "output" / "inversions" / "tests" / "many"
+    folder.mkdir(parents=True)
+    shutil.copy(path_of(host, world["name"]), folder / "inv_99999_.safetensors")
+    before = (folder / "inv_99999_.safetensors").read_bytes()
+    first = save(node_classes, world["inv"], "tests/many/inv").result[0]
+    assert first == "inversions/tests/many/inv_100000_.safetensors [output]"
+    written = path_of(host, first).read_bytes()
+    second = save(node_classes, world["inv"], "tests/many/inv").result[0]
+    assert second == "inversions/tests/many/inv_100001_.safetensors [output]"
+    assert (folder / "inv_99999_.safetensors").read_bytes() == before and path_of(host, first).read_bytes() == written
+
+
+def test_a_taken_name_is_never_replaced(host, node_classes, world, monkeypatch):
+    """Even when the counter is wrong (another save at the same moment), an existing file is never replaced."""
+    folder = Path(host["work"]) / "output" / "inversions" / "tests"
+    (folder / "race_00002_.safetensors").write_bytes(b"a user's file")
+    monkeypatch.setattr(storage_module(), "_next_number", lambda folder, stem: 1)
+    names = [save(node_classes, world["inv"], "tests/race").result[0] for _ in range(2)]
+    assert [path_of(host, n).name for n in names] == ["race_00001_.safetensors", "race_00003_.safetensors"]
+    assert (folder / "race_00002_.safetensors").read_bytes() == b"a user's file"
+    assert load(node_classes, names[0]).steps == load(node_classes, names[1]).steps == 8
+
+
+def test_saving_without_hard_links(host, node_classes, world, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    folder = Path(host["work"]) / "output" / "inversions" / "tests" / "nolinks"
+    names = [save(node_classes, world["inv"], "tests/nolinks/inv").result[0] for _ in range(2)]
+    assert sorted(os.listdir(folder)) == ["inv_00001_.safetensors", "inv_00002_.safetensors"]
+    assert all(torch.equal(load(node_classes, n).latents["x"], world["inv"].latents["x"]) for n in names)
+
+
+def test_failed_write_leaves_no_file(host, node_classes, world, monkeypatch):
+    folder = Path(host["work"]) / "output" / "inversions" / "tests" / "full"
+    folder.mkdir(parents=True)
+
+    def disk_full(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)  # noqa: SIM115
+        if "x" in mode and "w" not in mode and path.endswith(".partial"):
+            f.write(b"half a file")
+            f.close()
+            raise OSError(28, "No space left on device")
+        return f
+
+    monkeypatch.setattr(storage_module(), "open", disk_full, raising=False)
+    expect(r"Save Inversion: input 'filename_prefix' \('tests/full/inv'\): cannot write the file in ComfyUI's output "
+           r"folder \(No space left on device\); choose a shorter or other prefix, or free disk space", save,
+           node_classes, world["inv"], "tests/full/inv")
+    assert os.listdir(folder) == []
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_files_respect_the_umask(host, node_classes, world, umask):
+    old = os.umask(umask)
+    try:
+        name = save(node_classes, world["inv"], f"tests/umask{umask:o}").result[0]
+    finally:
+        os.umask(old)
+    assert path_of(host, name).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("prefix, match", [
+    ("p" * 300, r", 300 characters\) is too long: use at most 16 subfolders and at most 200 characters per name"),
+    ("/".join(["d"] * 2100), r", 4199 characters\) is too long: use at most 16 subfolders"),
+], ids=["300 characters", "2100 folders"])
+def test_too_long_save_prefix_refused(host, node_classes, world, prefix, match):
+    before = everything_under(host["work"])
+    expect(r"Save Inversion: input 'filename_prefix' .*" + match, save, node_classes, world["inv"], prefix)
+    assert everything_under(host["work"]) == before
+
+
+def test_file_in_place_of_a_subfolder_refused(host, node_classes, world):
+    (Path(host["work"]) / "output" / "inversions" / "tests" / "blocker").write_bytes(b"not a folder")
+    before = everything_under(host["work"])
+    expect(r"Save Inversion: input 'filename_prefix' \('tests/blocker/deeper/inv'\): 'inversions/tests/blocker' in "
+           r"ComfyUI's output folder is a file, not a folder; choose another prefix, or move that file away", save,
+           node_classes, world["inv"], "tests/blocker/deeper/inv")
+    assert everything_under(host["work"]) == before
+
+
+def test_save_refuses_an_inversion_it_could_not_load_back(host, node_classes, world):
+    before = everything_under(host["work"])
+    inv = world["inv"]
+    bad = type(inv)(inv.solver, {**inv.params, "p": float("nan")}, inv.schedule, inv.sigmas, inv.latents,
+                    meta=inv.meta)
+    expect(r"Save Inversion: input 'inversion' cannot be saved: its solver parameter 'p' is nan; .*invert again",
+           save, node_classes, bad, "tests/nan")
+    bad = type(inv)(inv.solver, inv.params, inv.schedule, inv.sigmas, inv.latents,
+                    meta={**inv.meta, "losses": [float("inf")]})
+    expect(r"Save Inversion: input 'inversion' cannot be saved: its parameters or metadata cannot be stored as JSON",
+           save, node_classes, bad, "tests/nan")
+    assert everything_under(host["work"]) == before  # not even the folder
+
+
+def test_broken_entries_are_skipped_logged_and_refused(host, node_classes, world, caplog):
+    work = Path(host["work"])
+    made = {work / "input" / "dangling.safetensors": "missing.safetensors",
+            work / "input" / "loop.safetensors": "loop.safetensors",
+            work / "output" / "inversions" / "gone.safetensors": str(work / "output" / "nowhere.safetensors"),
+            work / "input" / "away.safetensors": "/nonexistent/elsewhere.safetensors"}
+    for link, target in made.items():
+        link.symlink_to(target)
+    os.mkfifo(work / "input" / "pipe.safetensors")
+    deep = work / "input" / "deep"
+    (deep.joinpath(*["d"] * 40)).mkdir(parents=True)
+    shutil.copy(path_of(host, world["name"]), deep.joinpath(*["d"] * 40, "buried.safetensors"))
+    try:
+        with caplog.at_level("WARNING"):
+            options = node_classes["ExactInversion_LoadInversion"].INPUT_TYPES()["required"]["file"][1]["options"]
+        assert world["name"] in options
+        assert not any(word in o for o in options for word in ("dangling", "loop", "gone", "away", "pipe", "buried"))
+        logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        for entry in ("'dangling.safetensors' from ComfyUI's input folder: it is a broken or looping link",
+                      "'loop.safetensors' from ComfyUI's input folder: it is a broken or looping link",
+                      "'inversions/gone.safetensors' from ComfyUI's output folder: it is a broken or looping link",
+                      "'away.safetensors' from ComfyUI's input folder: it is a link that leads outside the folder",
+                      "'pipe.safetensors' from ComfyUI's input folder: it is not a regular file",
+                      "/d' from ComfyUI's input folder: it is a folder deeper than 32 levels"):
+            assert any(m.startswith("Load Inversion: not listing '") and entry in m for m in logged), entry
+        expect(r"Load Inversion: input 'file_name' \('dangling.safetensors'\) is a broken or looping link \(No such "
+               r"file or directory\); choose a file written by Save Inversion \(fix or delete a broken link\)", load,
+               node_classes, "dangling.safetensors [input]")
+        expect(r"Load Inversion: input 'file_name' \('loop.safetensors'\) is a broken or looping link \(Too many "
+               r"levels of symbolic links\)", load, node_classes, "loop.safetensors [input]")
+        expect(r"Load Inversion: input 'file_name' \('inversions/gone.safetensors'\) is a broken or looping link",
+               load, node_classes, "inversions/gone.safetensors [output]")
+        expect(r"Load Inversion: input 'file_name' points outside ComfyUI's input folder", load, node_classes,
+               "away.safetensors [input]")
+        expect(r"Load Inversion: input 'file_name' \('pipe.safetensors'\) is not a regular file", load, node_classes,
+               "pipe.safetensors [input]")
+    finally:
+        for path in [*made, work / "input" / "pipe.safetensors"]:
+            path.unlink()
+        shutil.rmtree(deep)
+
+
+def rewrite_raw(host, name, new_name, tensors_change=None, header_text=None):
+    """Copy a saved file into input with changed tensors (digests recomputed) and/or raw metadata text."""
+    from hostile_files import header_digest as careless_digest
+
+    state_module = pack_state_module()
+    with safetensors.safe_open(str(path_of(host, name)), "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        header = json.loads(f.metadata()["exact_inversion"])
+    if tensors_change:
+        tensors_change(tensors, header)
+        header["digests"] = {k: state_module.tensor_digest(v) for k, v in tensors.items()}
+    header["header_digest"] = careless_digest(header)
+    text = header_text if header_text is not None else json.dumps(header)
+    safetensors.torch.save_file(tensors, str(Path(host["work"]) / "input" / new_name),
+                                metadata={"exact_inversion": text})
+    return f"{new_name} [input]"
+
+
+def test_deeply_nested_metadata_refused(host, node_classes, world):
+    name = rewrite_raw(host, world["name"], "deep.safetensors", header_text="[" * 100_000 + "]" * 100_000)
+    expect(r"Load Inversion: input 'file_name' \(deep.safetensors\) cannot be loaded: its metadata is nested too "
+           r"deeply \(more than 32 levels\); choose a file written by Save Inversion", load, node_classes, name)
+
+
+def test_nan_parameter_in_file_refused(host, node_classes, world):
+    name = rewrite_raw(host, world["name"], "nan_p.safetensors", lambda t, h: h["params"].update(p=float("nan")))
+    expect(r"Load Inversion: input 'file_name' \(nan_p.safetensors\) cannot be loaded: its metadata is not valid JSON "
+           r"\('NaN is not a number JSON allows'\)", load, node_classes, name)
+
+
+def test_int64_latents_refused_even_with_recomputed_digests(host, node_classes, world):
+    def to_int64(tensors, header):
+        tensors["latent.x"] = (tensors["latent.x"] * 1000).round().to(torch.int64)
+
+    name = rewrite_raw(host, world["name"], "int64.safetensors", to_int64)
+    expect(r"Load Inversion: input 'file_name' \(int64.safetensors\) cannot be loaded: its latent 'x' is int64 of "
+           r"shape \[1, 4, 8, 8\]; latents are float32 or float64", load, node_classes, name)
+
+
+def test_non_text_file_name_refused(node_classes):
+    expect(r"Load Inversion: input 'file_name' must be a file name \(text\), got list", load, node_classes, ["x"])
+    expect(r"Save Inversion: input 'filename_prefix' must be text, got int", save, node_classes,
+           pack_state_module().InversionState("ddim", {}, "vp", torch.tensor([1.0, 0.0]),
+                                              {"x": torch.zeros(1, 4, 2, 2, dtype=torch.float64)}), 5)
