@@ -26,6 +26,7 @@ import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.sd
 import comfy.supported_models_base
 import safetensors
@@ -43,6 +44,9 @@ INPUT = "model_file"
 DEFAULT_FILE = "toy_model.safetensors"
 EXTENSION = ".safetensors"
 PACK_MODELS = Path(__file__).resolve().parents[1] / "models"
+#: Largest image side the toy model accepts: it was trained at 32x32, and a model call at 512x512 takes minutes on
+#: a CPU (Cancel waits for it); 128 keeps one call in the tens of milliseconds.
+MAX_SIDE = 128
 #: ModelSamplingDiscrete's settings that the file's "schedule" entry may set.
 SCHEDULE_KEYS = ("beta_schedule", "linear_start", "linear_end", "timesteps")
 
@@ -246,6 +250,8 @@ def build(path: Path) -> ToyModel:
                          f"({err})") from err
     model = comfy.model_patcher.ModelPatcher(base, load_device=comfy.model_management.get_torch_device(),
                                              offload_device=comfy.model_management.unet_offload_device())
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "exact_inversion_toy_size",
+                               refuse_large_images)
 
     try:
         clip = comfy.sd.CLIP(cfg.clip_target(), parameters=sum(v.numel() for v in text_sd.values()),
@@ -267,6 +273,16 @@ def build(path: Path) -> ToyModel:
                  meta["format_version"], sum(v.numel() for v in unet_sd.values()),
                  sum(v.numel() for v in text_sd.values()))
     return ToyModel(model=model, clip=clip, vae=vae, metadata=meta)
+
+
+def refuse_large_images(executor: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+    """APPLY_MODEL wrapper of the toy MODEL: refuse an image far beyond the training size before the call."""
+    height, width = x.shape[-2:]
+    if max(height, width) > MAX_SIDE:
+        raise ValueError(f"{NODE}: the toy model was trained on 32x32 images and got {width}x{height}; at that size "
+                         f"one model call takes minutes on a CPU. Scale the image to 32x32 first (e.g. 'Upscale "
+                         f"Image' to 32x32 before VAE Encode), or use an empty latent of at most {MAX_SIDE}x{MAX_SIDE}")
+    return executor(x, *args, **kwargs)
 
 
 _CACHE: dict[str, tuple[tuple[int, int], ToyModel]] = {}

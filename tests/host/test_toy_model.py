@@ -188,6 +188,23 @@ def test_ksampler_from_empty_latent(node_classes, loaded):
     assert image.shape == (1, 32, 32, 3) and 0 <= float(image.min()) and float(image.max()) <= 1
 
 
+def test_images_far_beyond_the_training_size_are_refused_before_the_model_runs(node_classes, loaded):
+    """A 512x512 image takes minutes per model call on a CPU, and Cancel would wait for each: refused at once,
+    with what to do; 128x128 (the limit) still samples."""
+    model, clip, _ = loaded
+    pos, neg = encode(node_classes, clip, PROMPT), encode(node_classes, clip, "")
+    for side, refused in ((512, True), (129, True), (128, False)):
+        latent = node_classes["EmptyChromaRadianceLatentImage"].execute(width=side, height=side, batch_size=1).result[0]
+        with torch.inference_mode():
+            if refused:
+                with pytest.raises(ValueError, match=rf"Load Embedded Toy Model: .* got {side}x{side}.*Scale the image "
+                                                     "to 32x32"):
+                    node_classes["KSampler"]().sample(model, 7, 1, 3.0, "euler", "normal", pos, neg, latent)
+            else:
+                out = node_classes["KSampler"]().sample(model, 7, 1, 3.0, "euler", "normal", pos, neg, latent)[0]
+                assert out["samples"].shape[-1] == side
+
+
 def test_edict_invert_edit_reconstructs_a_toy_image(node_classes, loaded):
     model, clip, vae = loaded
     image, _ = toy_image(1, seed=11)
