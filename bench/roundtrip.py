@@ -94,7 +94,7 @@ def run_case(method: str, bed: G.Bed, args: argparse.Namespace, steps: int, cfg:
         "solver_params": solver.params(),
     }
     if isinstance(solver, AIDI):
-        record["max_residual"] = max(st["residual"] for st in solver.last_stats)
+        record["max_residual"] = max(st["residual"] for st in latents.stats)
     return record
 
 

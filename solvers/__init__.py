@@ -1,7 +1,7 @@
 """Pure-torch inversion solvers (no ComfyUI import). See base.py for the interface."""
 
 from .aidi import AIDI
-from .base import Denoiser, Solver, StepCallback, StepHook
+from .base import Denoiser, Latents, Solver, StepCallback, StepHook
 from .bdia import BDIA, bdia_guard
 from .ddim import DDIM
 from .edict import EDICT
@@ -21,6 +21,7 @@ __all__ = [
     "SOLVERS",
     "Denoiser",
     "InversionState",
+    "Latents",
     "Schedule",
     "Solver",
     "StepCallback",

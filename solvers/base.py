@@ -53,8 +53,36 @@ def relabel(x: Tensor, schedule: Schedule, sigma_from: Tensor, sigma_to: Tensor)
     return x * ratio.to(x.dtype)
 
 
+#: A solver's working state between steps: its named tensors (x, EDICT's y, BDIA's pair, AIDI's warm start).
+State = dict[str, Tensor]
+
+
+class Latents(dict[str, Tensor]):
+    """What ``invert`` returns: the named state tensors, plus ``stats``, one dict per inversion step (in walking
+    order) for solvers that measure their steps (AIDI's fixed-point iterations, EES's implicit clean step).
+
+    The statistics travel with the result, not on the solver: ComfyUI caches node outputs, so one solver
+    object serves every run of a graph.
+    """
+
+    def __init__(self, tensors: dict[str, Tensor], stats: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(tensors)
+        self.stats: list[dict[str, Any]] = stats or []
+
+    @property
+    def nfe(self) -> int:
+        """Model evaluations the inversion spent, where the steps counted them."""
+        return sum(int(st.get("nfe", 0)) for st in self.stats)
+
+
 class Solver(ABC):
-    """Base class: holds the state dtype and the JSON-able parameters of a solver."""
+    """Base class: the state dtype, the JSON-able parameters, and the one loop every solver walks.
+
+    ``invert`` and ``sample`` are written once, here: they check the grid and the input, walk it, call
+    the hook and the callback. A solver supplies its maths as steps on its own state (a dict of tensors):
+    ``invert_step`` from level ``s[i]`` up to ``s[i - 1]``, ``sample_step`` from ``s[i]`` down to ``s[i + 1]``,
+    and how its state is built from and turned back into ComfyUI's tensors.
+    """
 
     name: ClassVar[str]
     #: names of the tensors ``invert`` returns, all at the top level ``sigmas[0]`` unless noted.
@@ -92,7 +120,8 @@ class Solver(ABC):
             raise ValueError("latent contains NaN or infinity")
         return x.to(self.state_dtype), s
 
-    @abstractmethod
+    # --- the loop -------------------------------------------------------------------------------------
+
     def invert(
         self,
         denoise: Denoiser,
@@ -100,10 +129,20 @@ class Solver(ABC):
         sigmas: Tensor,
         schedule: Schedule,
         callback: StepCallback | None = None,
-    ) -> dict[str, Tensor]:
+    ) -> Latents:
         """Run ``x0`` (at ``sigmas[-1]``) up to ``sigmas[0]``; return the named state tensors."""
+        x, s = self._prepare(x0, sigmas, schedule)
+        n = len(s) - 1
+        state = self.start_inversion(x, s, schedule)
+        stats: list[dict[str, Any]] = []
+        for k, i in enumerate(range(n, 0, -1)):
+            state, denoised, info = self.invert_step(denoise, state, s, i, schedule)
+            if info is not None:
+                stats.append({"step": k, **info})
+            if callback is not None:
+                callback(k, n, self.shown(state, s, i - 1, schedule), denoised)
+        return Latents(self.inverted(state, s, schedule), stats)
 
-    @abstractmethod
     def sample(
         self,
         denoise: Denoiser,
@@ -119,3 +158,53 @@ class Solver(ABC):
         generation (solvers with a coupled state start it up themselves). ``hook`` may replace the
         state after every step (see ``StepHook``).
         """
+        if "x" not in latents:
+            raise ValueError(f"{self.name} latents: missing 'x'")
+        x, s = self._prepare(latents["x"], sigmas, schedule)
+        n = len(s) - 1
+        state = self.start_sampling(x, latents, s, schedule)
+        for i in range(n):
+            state, denoised = self.sample_step(denoise, state, s, i, schedule)
+            if hook is not None:
+                given = self.hook_view(state, s, i + 1, schedule)
+                state = self.from_hook(state, given, hook(i, dict(given), denoised), s, i + 1, schedule)
+            if callback is not None:
+                callback(i, n, self.shown(state, s, i + 1, schedule), denoised)
+        return self.shown(state, s, n, schedule)
+
+    # --- what a solver supplies (defaults: a single state tensor "x") --------------------------------
+
+    def start_inversion(self, x: Tensor, s: Tensor, schedule: Schedule) -> State:
+        """The state at the clean end ``s[-1]``, from the latent to invert."""
+        return {"x": x}
+
+    @abstractmethod
+    def invert_step(self, denoise: Denoiser, state: State, s: Tensor, i: int, schedule: Schedule
+                    ) -> tuple[State, Tensor, dict[str, Any] | None]:
+        """One inversion step ``s[i] -> s[i - 1]``: (new state, the step's last x0 estimate, statistics or None)."""
+
+    def inverted(self, state: State, s: Tensor, schedule: Schedule) -> dict[str, Tensor]:
+        """The tensors ``invert`` returns (``latent_names``), from the state at ``s[0]``."""
+        return dict(state)
+
+    def start_sampling(self, x: Tensor, latents: dict[str, Tensor], s: Tensor, schedule: Schedule) -> State:
+        """The state at ``s[0]`` from ``invert``'s tensors (``x`` already checked and in the state dtype)."""
+        return {"x": x}
+
+    @abstractmethod
+    def sample_step(self, denoise: Denoiser, state: State, s: Tensor, i: int, schedule: Schedule
+                    ) -> tuple[State, Tensor | None]:
+        """One sampling step ``s[i] -> s[i + 1]``: (new state, its last x0 estimate or None without a model call)."""
+
+    def shown(self, state: State, s: Tensor, i: int, schedule: Schedule) -> Tensor:
+        """The latent at level ``s[i]`` in ComfyUI's coordinates: what callbacks see and ``sample`` returns."""
+        return state["x"]
+
+    def hook_view(self, state: State, s: Tensor, i: int, schedule: Schedule) -> dict[str, Tensor]:
+        """The state as a ``StepHook`` sees it, at ``s[i]`` (see ``StepHook`` for the keys)."""
+        return dict(state)
+
+    def from_hook(self, state: State, given: dict[str, Tensor], view: dict[str, Tensor], s: Tensor, i: int,
+                  schedule: Schedule) -> State:
+        """The state to go on with after the hook, given ``given``, returned ``view``."""
+        return {**state, **view}

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, StepHook, derivative
+from .base import Denoiser, Solver, derivative
 from .ddim import ddim_step, inversion_derivative
 from .schedule import Schedule
 
@@ -118,71 +118,52 @@ class BDIA(Solver):
     def _to_x(z: Tensor, sigma: Tensor, schedule: Schedule) -> Tensor:
         return z / schedule.scale(sigma).to(z.dtype)
 
-    def invert(
-        self,
-        denoise: Denoiser,
-        x0: Tensor,
-        sigmas: Tensor,
-        schedule: Schedule,
-        callback: StepCallback | None = None,
-    ) -> dict[str, Tensor]:
-        x, s = self._prepare(x0, sigmas, schedule)
-        n = len(s) - 1
-        bdia_guard(self.gamma, n)
-        # start-up: plain DDIM inversion sigmas[n] -> sigmas[n-1] (current label; target at sigma 0)
-        prev = self._to_z(x, s[n], schedule)
-        x = self._to_x(prev, s[n], schedule)
-        d, denoised = inversion_derivative(denoise, x, s[n], s[n - 1], schedule, "current")
-        cur = self._to_z(ddim_step(x, d, s[n], s[n - 1]), s[n - 1], schedule)
-        if callback is not None:
-            callback(0, n, self._to_x(cur, s[n - 1], schedule), denoised)
-        for k, i in enumerate(range(n - 1, 0, -1), start=1):
-            nxt, denoised = self._invert_step(denoise, prev, cur, s[i + 1], s[i], s[i - 1], schedule)
-            prev, cur = cur, nxt
-            if callback is not None:
-                callback(k, n, self._to_x(cur, s[i - 1], schedule), denoised)
-        return {"x": self._to_x(cur, s[0], schedule), "x_next": self._to_x(prev, s[1], schedule)}
+    def start_inversion(self, x, s, schedule):
+        bdia_guard(self.gamma, len(s) - 1)
+        return {"z": self._to_z(x, s[-1], schedule)}
 
-    def sample(
-        self,
-        denoise: Denoiser,
-        latents: dict[str, Tensor],
-        sigmas: Tensor,
-        schedule: Schedule,
-        callback: StepCallback | None = None,
-        hook: StepHook | None = None,
-    ) -> Tensor:
-        if "x" not in latents:
-            raise ValueError("BDIA latents: missing 'x'")
-        x, s = self._prepare(latents["x"], sigmas, schedule)
-        n = len(s) - 1
-        if "x_next" in latents:
-            x_next = self._check_next(latents["x_next"], x)
-            denoised = None
-        else:  # plain generation: DDIM start-up step (Alg. 1 line 3)
+    def invert_step(self, denoise, state, s, i, schedule):
+        z = state["z"]
+        if "z_below" not in state:  # start-up: plain DDIM inversion s[n] -> s[n-1] (current label)
+            x = self._to_x(z, s[i], schedule)
+            d, denoised = inversion_derivative(denoise, x, s[i], s[i - 1], schedule, "current")
+            up = self._to_z(ddim_step(x, d, s[i], s[i - 1]), s[i - 1], schedule)
+        else:
+            up, denoised = self._invert_step(denoise, state["z_below"], z, s[i + 1], s[i], s[i - 1], schedule)
+        return {"z": up, "z_below": z}, denoised, None
+
+    def inverted(self, state, s, schedule):
+        return {"x": self._to_x(state["z"], s[0], schedule), "x_next": self._to_x(state["z_below"], s[1], schedule)}
+
+    def start_sampling(self, x, latents, s, schedule):
+        if "x_next" not in latents:
+            return {"x": x}  # plain generation: the first step is a DDIM start-up (Alg. 1 line 3)
+        x_next = self._check_next(latents["x_next"], x)
+        return {"z_above": self._to_z(x, s[0], schedule), "z": self._to_z(x_next, s[1], schedule)}
+
+    def sample_step(self, denoise, state, s, i, schedule):
+        if "z_above" not in state:
+            x = state["x"]
             d, denoised = derivative(denoise, x, s[0])
-            x_next = ddim_step(x, d, s[0], s[1])
-        prev, cur = self._to_z(x, s[0], schedule), self._to_z(x_next, s[1], schedule)
-        for i in range(n):
-            if i > 0:
-                nxt, denoised = self._sample_step(denoise, prev, cur, s[i - 1], s[i], s[i + 1], schedule)
-                prev, cur = cur, nxt
-            if hook is not None:
-                prev, cur = self._hooked(hook, i, prev, cur, denoised, s[i], s[i + 1], schedule)
-            if callback is not None:
-                callback(i, n, self._to_x(cur, s[i + 1], schedule), denoised)
-        return self._to_x(cur, s[n], schedule)
+            return {"z_above": self._to_z(x, s[0], schedule),
+                    "z": self._to_z(ddim_step(x, d, s[0], s[1]), s[1], schedule)}, denoised
+        if i == 0:  # the inverted pair already holds the state one step down: no model call
+            return state, None
+        down, denoised = self._sample_step(denoise, state["z_above"], state["z"], s[i - 1], s[i], s[i + 1], schedule)
+        return {"z_above": state["z"], "z": down}, denoised
 
-    def _hooked(self, hook: StepHook, step: int, prev: Tensor, cur: Tensor, denoised: Tensor | None,
-                s_prev: Tensor, s_cur: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor]:
-        """The hook sees and returns ComfyUI-space states; a state it hands back untouched keeps its z bit for bit."""
-        given = {"x": self._to_x(cur, s_cur, schedule), "x_prev": self._to_x(prev, s_prev, schedule)}
-        state = hook(step, dict(given), denoised)
-        if state["x_prev"] is not given["x_prev"]:
-            prev = self._to_z(state["x_prev"], s_prev, schedule)
-        if state["x"] is not given["x"]:
-            cur = self._to_z(state["x"], s_cur, schedule)
-        return prev, cur
+    def shown(self, state, s, i, schedule):
+        return self._to_x(state["z"], s[i], schedule)
+
+    def hook_view(self, state, s, i, schedule):
+        return {"x": self._to_x(state["z"], s[i], schedule), "x_prev": self._to_x(state["z_above"], s[i - 1], schedule)}
+
+    def from_hook(self, state, given, view, s, i, schedule):
+        """A state the hook hands back untouched keeps its z bit for bit; a new one enters the lattice."""
+        z_above = state["z_above"] if view["x_prev"] is given["x_prev"] else self._to_z(view["x_prev"], s[i - 1],
+                                                                                          schedule)
+        z = state["z"] if view["x"] is given["x"] else self._to_z(view["x"], s[i], schedule)
+        return {"z_above": z_above, "z": z}
 
     def _check_next(self, x_next: Tensor, x: Tensor) -> Tensor:
         if x_next.shape != x.shape:

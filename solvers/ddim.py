@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, StepHook, derivative, relabel
+from .base import Denoiser, Solver, derivative, relabel
 from .schedule import Schedule
 
 Label = Literal["current", "next"]
@@ -39,6 +39,12 @@ def inversion_derivative(
     return derivative(denoise, relabel(x, schedule, sigma_from, sigma_to), sigma_to)
 
 
+def sample_step(denoise: Denoiser, x: Tensor, s_from: Tensor, s_to: Tensor) -> tuple[Tensor, Tensor]:
+    """One DDIM sampling step; the step to sigma = 0 returns the estimate itself (exactly where Euler lands)."""
+    d, denoised = derivative(denoise, x, s_from)
+    return (denoised if s_to == 0 else ddim_step(x, d, s_from, s_to)), denoised
+
+
 class DDIM(Solver):
     """Deterministic DDIM: 1 model evaluation per step, first order, not exactly invertible."""
 
@@ -53,27 +59,11 @@ class DDIM(Solver):
     def params(self) -> dict[str, Any]:
         return {**super().params(), "inversion_label": self.inversion_label}
 
-    def invert(self, denoise, x0, sigmas, schedule, callback: StepCallback | None = None):
-        x, s = self._prepare(x0, sigmas, schedule)
-        n = len(s) - 1
-        for k, i in enumerate(range(n, 0, -1)):
-            d, denoised = inversion_derivative(denoise, x, s[i], s[i - 1], schedule, self.inversion_label)
-            x = ddim_step(x, d, s[i], s[i - 1])
-            if callback is not None:
-                callback(k, n, x, denoised)
-        return {"x": x}
+    def invert_step(self, denoise, state, s, i, schedule):
+        x = state["x"]
+        d, denoised = inversion_derivative(denoise, x, s[i], s[i - 1], schedule, self.inversion_label)
+        return {"x": ddim_step(x, d, s[i], s[i - 1])}, denoised, None
 
-    def sample(self, denoise, latents: dict[str, Tensor], sigmas, schedule, callback=None,
-               hook: StepHook | None = None) -> Tensor:
-        if "x" not in latents:
-            raise ValueError("DDIM latents: missing 'x' (the inverted latent)")
-        x, s = self._prepare(latents["x"], sigmas, schedule)
-        n = len(s) - 1
-        for i in range(n):
-            d, denoised = derivative(denoise, x, s[i])
-            x = denoised if s[i + 1] == 0 else ddim_step(x, d, s[i], s[i + 1])
-            if hook is not None:
-                x = hook(i, {"x": x}, denoised)["x"]
-            if callback is not None:
-                callback(i, n, x, denoised)
-        return x
+    def sample_step(self, denoise, state, s, i, schedule):
+        x, denoised = sample_step(denoise, state["x"], s[i], s[i + 1])
+        return {"x": x}, denoised

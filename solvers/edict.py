@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .base import Denoiser, Solver, StepCallback, StepHook, derivative, relabel
+from .base import Denoiser, Solver, derivative, relabel
 from .schedule import Schedule
 
 PRule = Literal["fixed", "scaled"]
@@ -106,48 +106,26 @@ class EDICT(Solver):
             )
         return out
 
-    def invert(
-        self,
-        denoise: Denoiser,
-        x0: Tensor,
-        sigmas: Tensor,
-        schedule: Schedule,
-        callback: StepCallback | None = None,
-    ) -> dict[str, Tensor]:
-        x, s = self._prepare(x0, sigmas, schedule)
-        n = len(s) - 1
-        p = self.mixing_weight(n)
-        y = x
-        for k, i in enumerate(range(n - 1, -1, -1)):
-            x, y, denoised = self._unstep(denoise, x, y, s[i], s[i + 1], schedule, p, swap=i % 2 == 1)
-            if callback is not None:
-                callback(k, n, x, denoised)
-        return {"x": x, "y": y}
+    def invert_step(self, denoise, state, s, i, schedule):
+        # the step between s[i - 1] (noisier) and s[i], undone; sampling took it with index i - 1
+        p = self.mixing_weight(len(s) - 1)
+        x, y, denoised = self._unstep(denoise, state["x"], state["y"], s[i - 1], s[i], schedule, p,
+                                      swap=(i - 1) % 2 == 1)
+        return {"x": x, "y": y}, denoised, None
 
-    def sample(
-        self,
-        denoise: Denoiser,
-        latents: dict[str, Tensor],
-        sigmas: Tensor,
-        schedule: Schedule,
-        callback: StepCallback | None = None,
-        hook: StepHook | None = None,
-    ) -> Tensor:
-        x_in, y_in = _coupled_pair(latents)
-        x, s = self._prepare(x_in, sigmas, schedule)
-        if not torch.isfinite(y_in).all():
+    def start_inversion(self, x, s, schedule):
+        return {"x": x, "y": x}
+
+    def start_sampling(self, x, latents, s, schedule):
+        _, y = _coupled_pair(latents)
+        if not torch.isfinite(y).all():
             raise ValueError("EDICT latents: 'y' contains NaN or infinity")
-        y = y_in.to(self.state_dtype)
-        n = len(s) - 1
-        p = self.mixing_weight(n)
-        for i in range(n):
-            x, y, denoised = self._step(denoise, x, y, s[i], s[i + 1], schedule, p, swap=i % 2 == 1)
-            if hook is not None:
-                state = hook(i, {"x": x, "y": y}, denoised)
-                x, y = state["x"], state["y"]
-            if callback is not None:
-                callback(i, n, x, denoised)
-        return x
+        return {"x": x, "y": y.to(self.state_dtype)}
+
+    def sample_step(self, denoise, state, s, i, schedule):
+        p = self.mixing_weight(len(s) - 1)
+        x, y, denoised = self._step(denoise, state["x"], state["y"], s[i], s[i + 1], schedule, p, swap=i % 2 == 1)
+        return {"x": x, "y": y}, denoised
 
     @staticmethod
     def _step(

@@ -36,9 +36,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from .aidi import solve_fixed_point
-from .base import Denoiser, Solver, StepCallback, StepHook, derivative
+from .base import Denoiser, Solver, derivative
 from .ddim import ddim_step, inversion_derivative
+from .fixed_point import solve_fixed_point
 from .schedule import Schedule
 
 TimeVariable = Literal["auto", "lambda", "sigma"]
@@ -116,8 +116,6 @@ class _EES(Solver):
             raise ValueError(f"clean_step must be 'implicit' or 'explicit', got {clean_step!r}")
         self.time_variable: TimeVariable = time_variable
         self.clean_step: CleanStep = clean_step
-        #: fixed-point stats of the last inversion's step from sigma = 0 (``clean_step='implicit'``), else None.
-        self.last_clean_step_stats: dict[str, Any] | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -167,58 +165,29 @@ class _EES(Solver):
             )
         return out
 
-    def invert(
-        self,
-        denoise: Denoiser,
-        x0: Tensor,
-        sigmas: Tensor,
-        schedule: Schedule,
-        callback: StepCallback | None = None,
-    ) -> dict[str, Tensor]:
-        x, s = self._prepare(x0, sigmas, schedule)
-        n = len(s) - 1
-        self.last_clean_step_stats = None
-        for k, i in enumerate(range(n, 0, -1)):
-            x, denoised = self._step(denoise, x, s[i], s[i - 1], schedule, inverse=True)
-            if callback is not None:
-                callback(k, n, x, denoised)
-        return {"x": x}
+    def invert_step(self, denoise, state, s, i, schedule):
+        """A step with a negative step size; the implicit step from sigma = 0 reports its fixed-point stats."""
+        x, denoised, stats = self._step(denoise, state["x"], s[i], s[i - 1], schedule, inverse=True)
+        return {"x": x}, denoised, stats
 
-    def sample(
-        self,
-        denoise: Denoiser,
-        latents: dict[str, Tensor],
-        sigmas: Tensor,
-        schedule: Schedule,
-        callback: StepCallback | None = None,
-        hook: StepHook | None = None,
-    ) -> Tensor:
-        if "x" not in latents:
-            raise ValueError(f"{self.name} latents: missing 'x'")
-        x, s = self._prepare(latents["x"], sigmas, schedule)
-        n = len(s) - 1
-        for i in range(n):
-            x, denoised = self._step(denoise, x, s[i], s[i + 1], schedule, inverse=False)
-            if hook is not None:
-                x = hook(i, {"x": x}, denoised)["x"]
-            if callback is not None:
-                callback(i, n, x, denoised)
-        return x
+    def sample_step(self, denoise, state, s, i, schedule):
+        x, denoised, _ = self._step(denoise, state["x"], s[i], s[i + 1], schedule, inverse=False)
+        return {"x": x}, denoised
 
     def _step(
         self, denoise: Denoiser, x: Tensor, s_from: Tensor, s_to: Tensor, schedule: Schedule, inverse: bool
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, dict[str, Any] | None]:
         time = self.resolved_time(schedule)
         if self._singular(s_from, schedule, time) or self._singular(s_to, schedule, time):
             return self._ddim_step(denoise, x, s_from, s_to, schedule, inverse)
         if time == "sigma":
             stage_sigmas = [s_from + c * (s_to - s_from) for c in self.tableau.c]
-            return self._rk(lambda z, sg: derivative(denoise, z, sg), x, s_to - s_from, stage_sigmas)
-        return self._lambda_step(denoise, x, s_from, s_to, schedule)
+            return (*self._rk(lambda z, sg: derivative(denoise, z, sg), x, s_to - s_from, stage_sigmas), None)
+        return (*self._lambda_step(denoise, x, s_from, s_to, schedule), None)
 
     def _ddim_step(
         self, denoise: Denoiser, x: Tensor, s_from: Tensor, s_to: Tensor, schedule: Schedule, inverse: bool
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, dict[str, Any] | None]:
         """A DDIM step where the time variable is infinite (see the module docstring).
 
         Inverting the step from sigma = 0 with ``clean_step='implicit'`` solves for the state whose
@@ -227,11 +196,11 @@ class _EES(Solver):
         """
         if not inverse:
             d, denoised = derivative(denoise, x, s_from)
-            return ddim_step(x, d, s_from, s_to), denoised
+            return ddim_step(x, d, s_from, s_to), denoised, None
         d, denoised = inversion_derivative(denoise, x, s_from, s_to, schedule, "current")
         z0 = ddim_step(x, d, s_from, s_to)
         if not (self.clean_step == "implicit" and s_from == 0):
-            return z0, denoised
+            return z0, denoised, None
         h = (s_to - s_from).to(x.dtype)
         last: dict[str, Tensor] = {}
 
@@ -240,13 +209,9 @@ class _EES(Solver):
             return x + h * dz
 
         out = solve_fixed_point(f, z0, "A", CLEAN_STEP_MAX_ITER, CLEAN_STEP_TOL, 3)
-        self.last_clean_step_stats = {
-            "iterations": out.iterations,
-            "nfe": out.nfe,
-            "residual": out.residual,
-            "converged": out.converged,
-        }
-        return out.z, last["denoised"]
+        stats = {"clean_step": True, "iterations": out.iterations, "nfe": out.nfe, "residual": out.residual,
+                 "converged": out.converged}
+        return out.z, last["denoised"], stats
 
     def _lambda_step(
         self, denoise: Denoiser, x: Tensor, s_from: Tensor, s_to: Tensor, schedule: Schedule

@@ -80,20 +80,6 @@ class Schedule:
         return -(a * a) if self.kind == "vp" else -a
 
 
-def ddim_coefficients(schedule: Schedule, sigma_from: float, sigma_to: float) -> tuple[float, float]:
-    """(a, b) of the DDIM step z_to = a * z_from + b * eps in the model's own coordinates.
-
-    Undefined (division by alpha) when ``sigma_from`` is flow's sigma = 1; solvers use the Euler
-    form instead, which is the same step written in ComfyUI's coordinates.
-    """
-    a_from, s_from = float(schedule.alpha(sigma_from)), float(schedule.sigma(sigma_from))
-    a_to, s_to = float(schedule.alpha(sigma_to)), float(schedule.sigma(sigma_to))
-    if a_from == 0.0:
-        raise ValueError("ddim_coefficients: alpha is 0 at the source level (flow sigma = 1)")
-    a = a_to / a_from
-    return a, s_to - s_from * a
-
-
 def check_sigmas(sigmas: Tensor, schedule: Schedule, what: str = "sigmas") -> Tensor:
     """Validate a ComfyUI sigma grid (noisy -> clean) and return it as float64 on the CPU."""
     if not isinstance(sigmas, Tensor) or sigmas.ndim != 1:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from solvers import AIDI, DDIM, Schedule
-from solvers.aidi import anderson_weights, solve_fixed_point
+from solvers.fixed_point import anderson_weights, solve_fixed_point
 
 
 def linear_map(mu: float):
@@ -53,11 +53,10 @@ def test_aidi_e_at_solver_level_with_linear_model() -> None:
     x = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     sched = Schedule("vp")
     e, p = AIDI("E", max_iter=1000, tol=1e-12), AIDI("P", max_iter=1000, tol=1e-12)
-    z = e.invert(den, x, grid, sched)["x"]
-    assert e.last_stats[0]["converged"]
-    assert torch.allclose(z, x / (1 - mu), rtol=1e-10)  # the fixed point of z = x + mu z
-    p.invert(den, x, grid, sched)
-    assert not p.last_stats[0]["converged"]
+    inverted = e.invert(den, x, grid, sched)
+    assert inverted.stats[0]["converged"]
+    assert torch.allclose(inverted["x"], x / (1 - mu), rtol=1e-10)  # the fixed point of z = x + mu z
+    assert not p.invert(den, x, grid, sched).stats[0]["converged"]
 
 
 @pytest.mark.parametrize("prediction", ["eps", "flow"])
@@ -66,21 +65,22 @@ def test_aidi_a_reaches_1e8_within_6_iterations(bed, prediction, grid_kind: str)
     """N = 20, w = 1, defaults (Anderson m = 3, I = 6): every step's residual <= 1e-8."""
     grid = G.lambda_grid(prediction, 20) if grid_kind == "lambda" else G.comfy_grid(prediction, 20)
     solver = AIDI("A")
-    solver.invert(bed.denoiser(prediction), bed.clean(prediction, grid), grid, Schedule.for_prediction(prediction))
-    assert len(solver.last_stats) == 20
-    for st in solver.last_stats:
+    stats = solver.invert(bed.denoiser(prediction), bed.clean(prediction, grid), grid,
+                          Schedule.for_prediction(prediction)).stats
+    assert len(stats) == 20
+    for st in stats:
         assert st["residual"] <= 1e-8 and st["iterations"] <= 6 and st["converged"], st
 
 
 @pytest.mark.parametrize("variant", ["A", "E", "P"])
 def test_nfe_is_counted_honestly(bed, variant: str) -> None:
-    """Each iteration costs exactly one model call; last_stats adds up to the calls made."""
+    """Each iteration costs exactly one model call; the returned stats add up to the calls made."""
     grid = G.lambda_grid("eps", 10)
     den = G.CountingDenoiser(bed.denoiser("eps"))
     solver = AIDI(variant)
-    solver.invert(den, bed.clean("eps", grid), grid, Schedule("vp"))
-    assert den.calls == solver.last_nfe == sum(len(st["residuals"]) for st in solver.last_stats)
-    assert all(st["nfe"] <= solver.max_iter + 1 for st in solver.last_stats)
+    inverted = solver.invert(den, bed.clean("eps", grid), grid, Schedule("vp"))
+    assert den.calls == inverted.nfe == sum(len(st["residuals"]) for st in inverted.stats)
+    assert all(st["nfe"] <= solver.max_iter + 1 for st in inverted.stats)
 
 
 def test_one_step_roundtrip_error_is_the_residual(bed) -> None:
@@ -91,12 +91,13 @@ def test_one_step_roundtrip_error_is_the_residual(bed) -> None:
     den, sched = bed.denoiser("eps", 3.0), Schedule("vp")
     for max_iter in (1, 2, 4):
         solver = AIDI("E", max_iter=max_iter, tol=0.0)
-        z = solver.invert(den, x0, grid, sched)["x"]
+        inverted = solver.invert(den, x0, grid, sched)
+        z = inverted["x"]
         back = solver.sample(den, {"x": z}, grid, sched)
         g = x0 + (s_hi - s_lo) * (z - den(z, s_hi)) / s_hi - z  # f(z) - z
         assert torch.allclose(back - x0, -g, atol=1e-13)
         rel = (g.norm(dim=1) / z.norm(dim=1)).max()
-        assert solver.last_stats[0]["residual"] == pytest.approx(float(rel), rel=1e-9)
+        assert inverted.stats[0]["residual"] == pytest.approx(float(rel), rel=1e-9)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "flow"])
@@ -109,8 +110,8 @@ def test_roundtrip_tracks_residual(bed, prediction) -> None:
         solver = AIDI("A", max_iter=30, tol=tol)
         lat = solver.invert(den, x0, grid, sched)
         err = G.rel_error(solver.sample(den, lat, grid, sched), x0)
-        total = sum(st["residual"] for st in solver.last_stats)
-        assert max(st["residual"] for st in solver.last_stats) <= tol
+        total = sum(st["residual"] for st in lat.stats)
+        assert max(st["residual"] for st in lat.stats) <= tol
         assert err <= 2 * total, (tol, err, total)
         errors.append(err)
     assert errors[0] > errors[1] > errors[2]
@@ -134,10 +135,9 @@ def test_warm_start_saves_evaluations(bed) -> None:
     grid = G.comfy_grid("eps", 20)
     x0, den, sched = bed.clean("eps", grid), bed.denoiser("eps"), Schedule("vp")
     warm, cold = AIDI("A", max_iter=12), AIDI("A", max_iter=12, warm_start=False)
-    warm.invert(den, x0, grid, sched)
-    cold.invert(den, x0, grid, sched)
-    assert all(st["converged"] for st in warm.last_stats + cold.last_stats)
-    assert warm.last_nfe < cold.last_nfe
+    warm_run, cold_run = warm.invert(den, x0, grid, sched), cold.invert(den, x0, grid, sched)
+    assert all(st["converged"] for st in warm_run.stats + cold_run.stats)
+    assert warm_run.nfe < cold_run.nfe
 
 
 def test_sampling_is_ddim(bed) -> None:
