@@ -150,8 +150,7 @@ class BlendedGuider(comfy.samplers.CFGGuider):
             raise ValueError(f"{NAME}: this guider edits an inversion; connect it to 'Edit from Inversion' (it "
                              "cannot drive SamplerCustomAdvanced or Invert)")
         batch = noise.shape[0]
-        sampler.latents = {k: torch.cat([v, v]) for k, v in sampler.latents.items()}
-        sampler.step_hook = self._after_step
+        sampler.prepare(lambda v: torch.cat([v, v]), self._after_step)  # reconstruction and edit, one batch
         schedule = schedule_for_sampling(self.model_patcher.get_model_object("model_sampling"), NAME)
         self.edit_pass = _EditPass(batch, sigmas, schedule, self.settings.seed)
         try:

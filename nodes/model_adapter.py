@@ -12,19 +12,20 @@ or editing: the inverted state is already at the top noise level, and flow model
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import comfy.model_management
 import comfy.model_sampling
+import comfy.patcher_extension
 import comfy.samplers
 import comfy.utils
 import latent_preview
 import torch
 
 from ..solvers import InversionState, Schedule, Solver, StepHook
-from .uncond import UncondSchedule, step_index
+from .uncond import PerStepNegatives, UncondSchedule
 
 PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
 
@@ -94,45 +95,60 @@ def fractional_timestep(log_sigmas: torch.Tensor, sigma: torch.Tensor) -> torch.
     return t.view(sigma.shape).to(sigma.device)
 
 
-@contextlib.contextmanager
-def fractional_timesteps(sampling: Any, grid: torch.Tensor) -> Iterator[None]:
-    """Give a discrete model the fractional timestep of sigmas between grid levels while we run.
+class FractionalTimesteps:
+    """Give a discrete model the fractional timestep of sigmas between grid levels (EES stages).
 
     ComfyUI's ``ModelSamplingDiscrete.timestep`` rounds to the nearest integer, so a stage evaluated
-    between grid levels (EES) would silently see a grid level's timestep. Levels on the grid keep
-    ComfyUI's own (rounded) timestep, so our solvers evaluate the model exactly as stock samplers do
-    there. The method is shadowed on the instance for the run and restored after; continuous
-    samplings (flow) are untouched.
+    between grid levels would silently see a grid level's timestep. This DIFFUSION_MODEL wrapper, added to
+    the run's own model_options (ComfyUI copies them for every run), replaces the rounded timestep of an
+    off-grid evaluation with the continuous inverse of ``sigma(t)``. Levels on the grid keep ComfyUI's own
+    (rounded) timestep, so our solvers evaluate the model exactly as stock samplers do there. Continuous
+    samplings (flow) need nothing. The denoiser tells it the sigma of each evaluation (``at``).
     """
-    log_sigmas = getattr(sampling, "log_sigmas", None)
-    if log_sigmas is None or isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
-        yield
-        return
-    levels = grid.detach().to(torch.float64).flatten()
-    stock = type(sampling).timestep
 
-    def timestep(sigma: torch.Tensor) -> torch.Tensor:
-        s = sigma.detach().to(device=levels.device, dtype=torch.float64).flatten()
-        on_grid = ((s[:, None] - levels[None, :]).abs() <= 1e-6 * levels[None, :]).any(dim=1)
-        if bool(on_grid.all()):
-            return stock(sampling, sigma)
-        frac = fractional_timestep(sampling.log_sigmas, sigma).flatten()
-        rounded = stock(sampling, sigma).flatten().to(frac.dtype)
-        return torch.where(on_grid.to(frac.device), rounded, frac).view(sigma.shape)
+    KEY = "exact_inversion_fractional_timesteps"
 
-    had_own = "timestep" in vars(sampling)
-    previous = vars(sampling).get("timestep")
-    sampling.timestep = timestep
-    try:
-        yield
-    finally:
-        if had_own:
-            sampling.timestep = previous
-        else:
-            del sampling.timestep
+    def __init__(self, log_sigmas: torch.Tensor, grid: torch.Tensor) -> None:
+        self.log_sigmas = log_sigmas
+        self.levels = grid.detach().to("cpu", torch.float64).flatten()
+        self.sigma: float | None = None
+        #: evaluations that needed a fractional timestep, and how many the model's wrapper chain delivered
+        self.needed = 0
+        self.delivered = 0
+
+    @classmethod
+    def install(cls, sampling: Any, grid: torch.Tensor, model_options: dict[str, Any]) -> FractionalTimesteps | None:
+        """Add the wrapper to a run's model_options for a discrete sampling; None for continuous ones."""
+        log_sigmas = getattr(sampling, "log_sigmas", None)
+        if log_sigmas is None or isinstance(sampling, comfy.model_sampling.ModelSamplingDiscreteFlow):
+            return None
+        wrapper = cls(log_sigmas, grid)
+        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, cls.KEY,
+                                                     wrapper, model_options, is_model_options=True)
+        return wrapper
+
+    def at(self, sigma: torch.Tensor) -> None:
+        """The sigma of the next evaluation (a grid level or a stage in between)."""
+        s = float(sigma.detach().flatten()[0])
+        self.sigma = None if bool(((self.levels - s).abs() <= 1e-6 * self.levels).any()) else s
+        self.needed += self.sigma is not None
+
+    def __call__(self, executor: Any, x: torch.Tensor, timesteps: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.sigma is not None:
+            frac = fractional_timestep(self.log_sigmas, torch.tensor([self.sigma], dtype=torch.float64))
+            timesteps = torch.full_like(timesteps, float(frac[0]))
+            self.delivered += 1
+        return executor(x, timesteps, *args, **kwargs)
+
+    def report(self, node: str) -> None:
+        """Log when the model family ignores DIFFUSION_MODEL wrappers: its stages then saw rounded timesteps."""
+        if self.needed and not self.delivered:
+            logging.warning("%s: this model does not run ComfyUI's DIFFUSION_MODEL wrappers, so stages between grid "
+                            "levels were given the nearest integer timestep (slightly less accurate)", node)
 
 
-def make_denoiser(model_k: Any, extra_args: dict[str, Any]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def make_denoiser(model_k: Any, extra_args: dict[str, Any], fractional: FractionalTimesteps | None = None
+                  ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap ComfyUI's prepared model as ``denoise(x, sigma) -> x0_hat`` for a solver.
 
     The state keeps its own dtype (float64 by default): ComfyUI casts the network input to the
@@ -142,6 +158,8 @@ def make_denoiser(model_k: Any, extra_args: dict[str, Any]) -> Callable[[torch.T
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
+        if fractional is not None:
+            fractional.at(sigma)
         sigmas = sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
         return model_k(x, sigmas, **extra_args)
 
@@ -166,15 +184,26 @@ class SolverSampler(comfy.samplers.Sampler):
     def __init__(self, solver: Solver, node: str = "sampler") -> None:
         self.solver = solver
         self.node = node
+        self.fractional: FractionalTimesteps | None = None
 
     def _denoiser_and_schedule(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask):
-        # model_wrap is the guider; its inner_model is the prepared comfy BaseModel.
+        """The solver's denoiser through the guider (``model_wrap``; its inner_model is the prepared BaseModel).
+
+        ``extra_args["model_options"]`` is the copy ComfyUI made for this run: the fractional-timestep
+        wrapper goes there, so nothing outside the run sees it.
+        """
         args = {**extra_args, "denoise_mask": denoise_mask}
         model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
         model_k.latent_image = latent_image
         model_k.noise = noise
-        schedule = schedule_for_sampling(model_wrap.inner_model.model_sampling, self.node, model_wrap.inner_model)
-        return make_denoiser(model_k, args), schedule
+        sampling = model_wrap.inner_model.model_sampling
+        schedule = schedule_for_sampling(sampling, self.node, model_wrap.inner_model)
+        self.fractional = FractionalTimesteps.install(sampling, sigmas, extra_args.setdefault("model_options", {}))
+        return make_denoiser(model_k, args, self.fractional), schedule
+
+    def _done(self) -> None:
+        if self.fractional is not None:
+            self.fractional.report(self.node)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -183,8 +212,8 @@ class SolverSampler(comfy.samplers.Sampler):
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
         x = sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
-        with fractional_timesteps(sampling, sigmas):
-            out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
+        out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
+        self._done()
         return sampling.inverse_noise_scaling(sigmas[-1], out.to(noise.dtype))
 
 
@@ -202,17 +231,17 @@ class _InvertRun(SolverSampler):
             latent_image = model_wrap.inner_model.process_latent_in(latent_image)
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
-        with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
-            self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
+        self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
+        self._done()
         return self.latents["x"].to(torch.float32)
 
 
 class EditRun(SolverSampler):
     """Single-use sampler for Edit: runs ``solver.sample`` from an inverted state.
 
-    A guider that runs branches side by side (blended guidance) may widen ``latents`` and set
-    ``step_hook`` before sampling (see ``solvers.base.StepHook``). ``uncond`` (null-text inversion and
-    its relatives) replaces the guider's negative conditioning step by step.
+    A guider that runs branches side by side (blended guidance) widens the latents and adds a step hook
+    through ``prepare`` (see ``solvers.base.StepHook``). ``uncond`` (null-text inversion and its relatives)
+    replaces the guider's negative conditioning step by step (``uncond.PerStepNegatives``).
     """
 
     def __init__(self, solver: Solver, node: str, latents: dict[str, torch.Tensor],
@@ -222,36 +251,25 @@ class EditRun(SolverSampler):
         self.uncond = uncond
         self.step_hook: StepHook | None = None
 
+    def prepare(self, widen: Callable[[torch.Tensor], torch.Tensor], hook: StepHook) -> None:
+        """The explicit entry for a branching guider: how each latent is widened, and the hook after each step."""
+        self.latents = {k: widen(v) for k, v in self.latents.items()}
+        self.step_hook = hook
+
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
         latents = {k: v.to(noise.device) for k, v in self.latents.items()}
-        conds = model_wrap.conds
-        negative = conds.get("negative")
         if self.uncond is not None:
+            negative = model_wrap.conds.get("negative")
             if negative is None:
                 raise ValueError(f"{self.node}: input 'inversion' carries per-step unconditional embeddings (null-text "
                                  "inversion), which replace a guider's negative prompt; connect a CFGGuider")
-            denoise = self._per_step_uncond(denoise, conds, self.uncond.negatives(negative, noise.device))
-        try:
-            with fractional_timesteps(model_wrap.inner_model.model_sampling, sigmas):
-                out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback),
-                                         hook=self.step_hook)
-        finally:
-            conds["negative"] = negative
+            PerStepNegatives(self.uncond, negative, noise.device).install(extra_args["model_options"])
+        out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback), hook=self.step_hook)
+        self._done()
         return out.to(torch.float32)
-
-    def _per_step_uncond(self, denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], conds: dict,
-                         per_step: list[list[dict]]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        assert self.uncond is not None
-        grid = self.uncond.grid
-
-        def run(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            conds["negative"] = per_step[step_index(grid, sigma)]
-            return denoise(x, sigma)
-
-        return run
 
 
 def _sample_through(guider: Any, run: SolverSampler, noise: torch.Tensor, latent: torch.Tensor,

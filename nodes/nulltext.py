@@ -40,7 +40,7 @@ from .inversion import checked_inputs, record_provenance
 from .model_adapter import (
     SolverSampler,
     _sample_through,
-    fractional_timesteps,
+    FractionalTimesteps,
     make_step_callback,
     schedule_for_sampling,
 )
@@ -159,10 +159,12 @@ def _modules_of(model_wrap: Any) -> list[torch.nn.Module]:
 class _Evaluator:
     """Model evaluations through the guider's processed conds, so ControlNet, patches and hooks apply."""
 
-    def __init__(self, model_wrap: Any, extra_args: dict[str, Any], passes: Passes) -> None:
+    def __init__(self, model_wrap: Any, extra_args: dict[str, Any], passes: Passes,
+                 fractional: FractionalTimesteps | None = None) -> None:
         self.model = model_wrap.inner_model
         self.options = extra_args.get("model_options", {})
         self.positive = detached(model_wrap.conds.get("positive"))
+        self.fractional = fractional
         self.negative = detached(model_wrap.conds.get("negative"))
         self.cfg = float(model_wrap.cfg)
         self.passes = passes
@@ -171,6 +173,8 @@ class _Evaluator:
     def _timestep(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
         return sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+        if self.fractional is not None:
+            self.fractional.at(sigma)
 
     def conditional(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x0 at guidance 1: the source prompt alone (the pivot's denoiser)."""
@@ -274,21 +278,22 @@ class _NullTextRun(SolverSampler):
         sampling = model_wrap.inner_model.model_sampling
         schedule = schedule_for_sampling(sampling, NAME)
         grid = check_sigmas(sigmas, schedule)
-        ev = _Evaluator(model_wrap, extra_args, self.passes)
-        with fractional_timesteps(sampling, sigmas):
-            if self.settings.method == "npi":
-                # exact solvers invert through Edit's own batched layout (source as negative) to stay bit-exact;
-                # the others need only the source prompt's pass, as the paper counts it
-                self.latents = self.solver.invert(ev.npi if self.solver.exact else ev.conditional, latent_image,
-                                                  grid, schedule)
-                context, pooled = context_of(ev.positive, f"{NAME}: the guider's positive")
-                self._store(context.unsqueeze(0), pooled)
-            else:
-                _, pivot = _trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
-                modules = _modules_of(model_wrap)
-                with autograd_ready(modules, copy_saved=len(modules) > 1):
-                    pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
-                    self._optimise(ev, pivot, grid.clone(), schedule, model_wrap, callback)
+        # the run's own model_options (ComfyUI copies them per run) carry the fractional-timestep wrapper
+        fractional = FractionalTimesteps.install(sampling, sigmas, extra_args.setdefault("model_options", {}))
+        ev = _Evaluator(model_wrap, extra_args, self.passes, fractional)
+        if self.settings.method == "npi":
+            # exact solvers invert through Edit's own batched layout (source as negative) to stay bit-exact;
+            # the others need only the source prompt's pass, as the paper counts it
+            self.latents = self.solver.invert(ev.npi if self.solver.exact else ev.conditional, latent_image,
+                                              grid, schedule)
+            context, pooled = context_of(ev.positive, f"{NAME}: the guider's positive")
+            self._store(context.unsqueeze(0), pooled)
+        else:
+            _, pivot = _trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
+            modules = _modules_of(model_wrap)
+            with autograd_ready(modules, copy_saved=len(modules) > 1):
+                pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
+                self._optimise(ev, pivot, grid.clone(), schedule, model_wrap, callback)
         assert self.latents is not None
         return self.latents["x"].to(torch.float32)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import comfy.conds
+import comfy.patcher_extension
 import torch
 
 UNCOND_CONTEXT = "null_text.c_crossattn"
@@ -104,3 +105,31 @@ class UncondSchedule:
         lists = [with_uncond(negative, c.to(device), pooled) for c in self.context]
         steps = len(self.grid) - 1
         return lists if len(lists) == steps else lists * steps
+
+
+class PerStepNegatives:
+    """CALC_COND_BATCH wrapper of one Edit run: where the guider's negative enters a model evaluation, the
+    step's stored unconditional inputs go in instead.
+
+    The negative is recognised by identity (the processed list the guider holds for this run), so any guider
+    that passes its negative through works, and no conds, guider or model is changed: the wrapper lives in
+    the run's own model_options.
+    """
+
+    KEY = "exact_inversion_per_step_negatives"
+
+    def __init__(self, schedule: UncondSchedule, negative: list[dict[str, Any]], device: torch.device) -> None:
+        self.negative = negative
+        self.grid = schedule.grid
+        self.per_step = schedule.negatives(negative, device)
+
+    def install(self, model_options: dict[str, Any]) -> None:
+        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, self.KEY,
+                                                     self, model_options, is_model_options=True)
+
+    def __call__(self, executor: Any, model: Any, conds: list, x_in: torch.Tensor, timestep: torch.Tensor,
+                 model_options: dict[str, Any]) -> Any:
+        if any(c is self.negative for c in conds):
+            step = self.per_step[step_index(self.grid, timestep)]
+            conds = [step if c is self.negative else c for c in conds]
+        return executor(model, conds, x_in, timestep, model_options)
