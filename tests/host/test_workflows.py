@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 from workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api, upstream_solvers
 
-WORKFLOWS = sorted((Path(__file__).resolve().parents[2] / "workflows").glob("*.json"))
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 WORKFLOWS_BY_NAME = {p.name: p for p in WORKFLOWS}
 EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
@@ -141,3 +142,30 @@ def test_toy_example_is_the_held_out_image_its_prompt_describes():
     prompt = api_prompt(WORKFLOWS_BY_NAME["toy_invert_edit.json"])
     texts = {n["_meta"]["title"]: n["inputs"]["text"] for n in prompt.values() if n["class_type"] == "CLIPTextEncode"}
     assert texts["Source prompt (the image's caption)"] == held.captions[0]
+
+
+def make_workflows_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_workflows", REPO / "scripts" / "make_workflows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_workflows_are_what_the_script_generates(host):
+    """workflows/*.json are written by scripts/make_workflows.py from named widget values; a hand edit, or a
+    change to the script or to a node's inputs without regenerating, fails here."""
+    assert make_workflows_module().stale(REPO / "workflows") == []
+
+
+def test_a_changed_widget_value_is_noticed(host, tmp_path):
+    import shutil
+
+    module = make_workflows_module()
+    copy = tmp_path / "workflows"
+    shutil.copytree(REPO / "workflows", copy)
+    edited = json.loads((copy / "toy_invert_edit.json").read_text())
+    next(n for n in edited["nodes"] if n["type"] == "CFGGuider")["widgets_values"] = [2.5]
+    (copy / "toy_invert_edit.json").write_text(json.dumps(edited, indent=1) + "\n")
+    assert module.stale(copy) == ["toy_invert_edit.json"]
