@@ -14,7 +14,6 @@ node at another folder with ``set_model_folder``). Loaded models are cached per 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -29,14 +28,12 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.sd
 import comfy.supported_models_base
-import safetensors
-import safetensors.torch
 import torch
 from comfy_api.latest import io
 
-from ..toyworld import encode_token_weights
+from ..toyworld import checkpoint, encode_token_weights
 from ..toyworld import model as toy
-from ..toyworld.text import CONTEXT_LENGTH, VOCAB, ToyTokenizer
+from ..toyworld.text import ToyTokenizer
 from .common import CATEGORY, node_id
 
 NODE = "Load Embedded Toy Model"
@@ -47,8 +44,6 @@ PACK_MODELS = Path(__file__).resolve().parents[1] / "models"
 #: Largest image side the toy model accepts: it was trained at 32x32, and a model call at 512x512 takes minutes on
 #: a CPU (Cancel waits for it); 128 keeps one call in the tens of milliseconds.
 MAX_SIDE = 128
-#: ModelSamplingDiscrete's settings that the file's "schedule" entry may set.
-SCHEDULE_KEYS = ("beta_schedule", "linear_start", "linear_end", "timesteps")
 
 _folder_override: Path | None = None
 
@@ -159,50 +154,7 @@ class ToyClipModel(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Reading the file
-
-
-def _json(meta: dict[str, str], key: str, shown: str) -> Any:
-    if key not in meta:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) has no '{key}' metadata entry; re-export it with "
-                         "scripts/train_toy.py")
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): metadata entry '{key}' is not valid JSON "
-                         f"({err})") from err
-
-
-def read_metadata(path: Path) -> dict[str, str]:
-    """The file's metadata after checking that it is a toy-model export this pack can read."""
-    shown = path.name
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-    except (safetensors.SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) is not a readable safetensors file ({err}); choose a "
-                         "file written by scripts/train_toy.py") from err
-    if meta.get("format") != toy.FORMAT:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) is not an Exact Inversion toy model (format "
-                         f"{meta.get('format')!r}, expected {toy.FORMAT!r}); load other checkpoints with the stock "
-                         "Load Checkpoint node")
-    try:
-        version = int(meta.get("format_version", ""))
-    except ValueError:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) has an invalid format_version "
-                         f"{meta.get('format_version')!r}") from None
-    if not 1 <= version <= toy.FORMAT_VERSION:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) has format_version {version}; this pack reads "
-                         f"versions 1 to {toy.FORMAT_VERSION}: update the pack, or re-export the model with it")
-    if meta.get("prediction", "eps") != "eps":
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) predicts {meta['prediction']!r}; only eps toy "
-                         "models are supported")
-    vocab = _json(meta, "vocab", shown)
-    if list(vocab) != list(VOCAB) or int(meta.get("context_length", CONTEXT_LENGTH)) != CONTEXT_LENGTH:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) was trained with another vocabulary or context "
-                         f"length than this pack's tokenizer ({len(VOCAB)} words, context {CONTEXT_LENGTH}); "
-                         "re-export it with this version of the pack")
-    return meta
+# Building from the file (read and checked by toyworld.checkpoint)
 
 
 @dataclass
@@ -215,35 +167,21 @@ class ToyModel:
     metadata: dict[str, str]
 
 
-def norm_groups(meta: dict[str, str], shown: str) -> int:
-    """The UNet's GroupNorm group count (ComfyUI's 32 for files written before the entry existed)."""
-    raw = meta.get("norm_groups", "32")
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): norm_groups must be a positive integer, got {raw!r}")
-    return int(raw)
-
-
 def build(path: Path) -> ToyModel:
     """Read ``path`` (safetensors only) and build MODEL, CLIP and VAE in ComfyUI's classes."""
     shown = path.name
-    meta = read_metadata(path)
-    unet_config = _json(meta, "unet_config", shown)
-    text_config = _json(meta, "text_config", shown)
-    schedule = _json(meta, "schedule", shown) if "schedule" in meta else {}
-    if not isinstance(unet_config, dict) or not isinstance(text_config, dict) or not isinstance(schedule, dict):
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): unet_config, text_config and schedule must be "
-                         "JSON objects")
-    sd = safetensors.torch.load_file(str(path), device="cpu")
-    unet_sd, text_sd = toy.split_state_dict(sd)
-    if toy.VAE_KEY not in sd or not unet_sd or not text_sd:
-        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) lacks the UNet, text-encoder or VAE entries "
-                         f"({toy.UNET_PREFIX}*, {toy.TEXT_PREFIX}*, {toy.VAE_KEY})")
+    try:
+        ckpt = checkpoint.read(path)
+    except checkpoint.ToyFileError as err:
+        raise ValueError(f"{NODE}: input '{INPUT}' ({shown}) {err}") from err
+    unet_config, text_config, unet_sd, text_sd = ckpt.unet_config, ckpt.text_config, ckpt.unet, ckpt.text
+    meta = ckpt.metadata
 
-    cfg = ToyConfig(unet_config, text_config, {k: schedule[k] for k in SCHEDULE_KEYS if k in schedule})
+    cfg = ToyConfig(unet_config, text_config, ckpt.schedule)
     cfg.set_inference_dtype(torch.float32, None)
     try:
         base = cfg.get_model({})
-        toy.set_norm_groups(base.diffusion_model, norm_groups(meta, shown))
+        toy.set_norm_groups(base.diffusion_model, ckpt.norm_groups)
         base.diffusion_model.load_state_dict(unet_sd, strict=True)
     except (TypeError, RuntimeError, ValueError) as err:
         raise ValueError(f"{NODE}: input '{INPUT}' ({shown}): the UNet weights do not fit its unet_config "

@@ -262,3 +262,17 @@ def test_toyworld_does_not_import_comfyui() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                        cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_toy_checkpoint_is_read_and_checked_without_comfyui(tmp_path):
+    """The shipped export reads back (configs, groups, both state dicts); a foreign file is refused by name."""
+    import safetensors.torch
+
+    from toyworld import checkpoint
+
+    shipped = checkpoint.read(Path(__file__).resolve().parents[2] / "models" / "toy_model.safetensors")
+    assert shipped.norm_groups == 8 and shipped.unet and shipped.text and shipped.unet_config
+    foreign = tmp_path / "sd.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
+    with pytest.raises(checkpoint.ToyFileError, match=r"^is not an Exact Inversion toy model \(format 'pt'"):
+        checkpoint.read(foreign)
