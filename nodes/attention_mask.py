@@ -20,12 +20,17 @@ from .attention_capture import AttentionRecorder, normalise
 from .attention_control import (
     RESOLUTIONS,
     AttentionControl,
+    context_length_of,
+    joint_records,
     patch_control,
     select_resolution,
+    supported_families,
+    text_layout,
+    token_grid,
+    words_context_positions,
 )
 from .common import CATEGORY, Inversion, node_id, solver_for_state
-from .model_adapter import run_edit
-from .prompt_words import words_token_positions
+from .model_adapter import model_name, run_edit
 
 NAME = "Attention Mask"
 
@@ -62,22 +67,25 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"{NAME}: inputs 'start' and 'end' must satisfy 0 <= start < end <= 1 (got {start}, "
                          f"{end}); they are fractions of the reconstruction's steps")
+    layout = text_layout(guider.model_patcher, NAME)
     try:
-        positions = words_token_positions(clip, prompt, words)
+        positions = words_context_positions(clip, prompt, words, layout)
     except ValueError as err:
         raise ValueError(f"{NAME}: input 'words': {err}") from err
     tokens = sorted({p for ps in positions.values() for p in ps})
     recorder = AttentionRecorder(tokens)  # holds the maps (the words' tokens summed) and averages them
-    patch = int(getattr(guider.model_patcher.model.diffusion_model, "patch_size", 1))  # DiTs' token grid
-    control = AttentionControl(tokens, [], phase="record", history=recorder.records,
-                               image_grid=tuple(-(-s // patch) for s in inversion.shape[-2:]))
+    control = AttentionControl(tokens, [], phase="record", history=recorder.records, layout=layout,
+                               image_grid=token_grid(guider.model_patcher.model.diffusion_model, inversion.shape),
+                               context_tokens=context_length_of(guider))
     patched = patch_control(guider.model_patcher, control)
     solver = solver_for_state(inversion, NAME)
     run_edit(_guider_with_model(guider, patched), solver, inversion, NAME)
+    recorder.records[:] = joint_records(recorder.records)
     sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # the reconstruction's steps, noisy first
     if not sigmas:
-        raise ValueError(f"{NAME}: no cross-attention was recorded; the guider's model has no text attention "
-                         "(UNet cross-attention and Flux / SD3 joint attention are supported)")
+        raise ValueError(f"{NAME}: no attention to the words was recorded; the guider's model "
+                         f"({model_name(guider.model_patcher.model)}) showed no text attention. Supported: "
+                         f"{supported_families()}")
     first, last = int(start * len(sigmas)), max(int(start * len(sigmas)) + 1, round(end * len(sigmas)))
     chosen_sigmas = set(sigmas[first:last])
     by_resolution = _resolution_filter(recorder, resolution)

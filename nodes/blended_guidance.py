@@ -28,14 +28,18 @@ from ..solvers import Schedule
 from .attention_control import (
     RESOLUTIONS,
     AttentionControl,
-    is_joint_attention_model,
+    TextLayout,
+    context_length,
+    context_positions,
     patch_control,
+    text_layout,
     token_alignment,
+    token_grid,
 )
 from .common import CATEGORY, node_id
 from .fingerprint import conditioning_fingerprint
-from .model_adapter import EditRun, schedule_for_sampling
-from .prompt_words import token_row, word_token_positions
+from .model_adapter import EditRun, model_name, schedule_for_sampling
+from .prompt_words import token_row
 
 NAME = "Blended Guidance Guider"
 ANCHOR_ROLES = ["edit region", "keep region"]
@@ -122,14 +126,13 @@ class BlendedGuider(comfy.samplers.CFGGuider):
     """Two-branch guider for Edit from Inversion (see the module docstring)."""
 
     def __init__(self, model_patcher: Any, settings: BlendSettings, anchor_positions: list[int],
-                 alignment: list[int]) -> None:
+                 alignment: list[int], layout: TextLayout | None = None) -> None:
         self.settings = settings
-        diffusion_model = model_patcher.model.diffusion_model
-        self.patch_size = int(getattr(diffusion_model, "patch_size", 1))
-        if is_joint_attention_model(diffusion_model) and settings.injection > 0:
-            raise ValueError(f"{NAME}: input 'injection' must be 0 for joint-attention models (Flux, SD3): "
-                             "prompt-to-prompt injection is implemented for UNet cross-attention only")
-        self.control = AttentionControl(anchor_positions, alignment, inject=settings.injection > 0)
+        if layout is not None and settings.injection > 0:
+            raise ValueError(f"{NAME}: input 'injection' must be 0 for joint-attention and other DiT models (this "
+                             f"one: {model_name(model_patcher.model)}); prompt-to-prompt injection is implemented "
+                             "for UNet cross-attention only")
+        self.control = AttentionControl(anchor_positions, alignment, inject=settings.injection > 0, layout=layout)
         super().__init__(patch_control(model_patcher, self.control))
         self.cfg = settings.cfg
         self.edit_pass: _EditPass | None = None
@@ -137,6 +140,7 @@ class BlendedGuider(comfy.samplers.CFGGuider):
 
     def set_branch_conds(self, source: Any, target: Any, negative: Any) -> None:
         self.inner_set_conds({"positive": source, "negative": negative, "target": target})
+        self.control.context_tokens = context_length(source)
 
     def reconstruction_fingerprint(self) -> dict[str, Any]:
         """The reconstruction branch's prompts and cfg, fingerprinted as Invert fingerprints its guider."""
@@ -170,7 +174,7 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         assert run is not None, "BlendedGuider.predict_noise outside sample()"
         b = run.batch
         control.begin_evaluation()
-        control.image_grid = (-(-x.shape[-2] // self.patch_size), -(-x.shape[-1] // self.patch_size))
+        control.image_grid = token_grid(self.model_patcher.model.diffusion_model, x.shape)
         control.phase = "record"
         rec = comfy.samplers.sampling_function(self.inner_model, x[:b], timestep[:b], self.conds.get("negative"),
                                                self.conds.get("positive"), s.cfg, model_options=model_options,
@@ -306,14 +310,15 @@ class BlendedGuidance(io.ComfyNode):
                                   blended_guidance, local_blend, eta, seed)
         if clip is None or not hasattr(clip, "tokenize"):
             raise ValueError(f"{NAME}: input 'clip' is not a CLIP; connect the CLIP that encoded the prompts")
+        layout = text_layout(model, NAME)
         try:
-            anchor_positions = word_token_positions(clip, source_prompt, anchor)
+            anchor_positions = context_positions(clip, source_prompt, anchor, layout)
         except ValueError as err:
             raise ValueError(f"{NAME}: input 'anchor': {err}") from err
         if not target_prompt.strip():
             raise ValueError(f"{NAME}: input 'target_prompt' is empty; type the edited prompt's text")
         alignment = token_alignment(token_row(clip, source_prompt), token_row(clip, target_prompt))
-        guider = BlendedGuider(model, settings, anchor_positions, alignment)
+        guider = BlendedGuider(model, settings, anchor_positions, alignment, layout)
         guider.set_branch_conds(source_positive, target_positive, negative)
         return io.NodeOutput(guider)
 

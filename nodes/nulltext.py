@@ -38,10 +38,11 @@ from ..solvers import DDIM, InversionState, Schedule, Solver, check_sigmas
 from .common import CATEGORY, Inversion, node_id
 from .inversion import checked_inputs, record_provenance
 from .model_adapter import (
+    FractionalTimesteps,
     SolverSampler,
     _sample_through,
-    FractionalTimesteps,
     make_step_callback,
+    model_name,
     schedule_for_sampling,
 )
 from .uncond import META, UNCOND_CONTEXT, UNCOND_POOLED, context_of, detached, with_uncond
@@ -163,8 +164,8 @@ class _Evaluator:
                  fractional: FractionalTimesteps | None = None) -> None:
         self.model = model_wrap.inner_model
         self.options = extra_args.get("model_options", {})
-        self.positive = detached(model_wrap.conds.get("positive"))
         self.fractional = fractional
+        self.positive = detached(model_wrap.conds.get("positive"))
         self.negative = detached(model_wrap.conds.get("negative"))
         self.cfg = float(model_wrap.cfg)
         self.passes = passes
@@ -172,9 +173,9 @@ class _Evaluator:
 
     def _timestep(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         comfy.model_management.throw_exception_if_processing_interrupted()
-        return sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
         if self.fractional is not None:
             self.fractional.at(sigma)
+        return sigma.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
 
     def conditional(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x0 at guidance 1: the source prompt alone (the pivot's denoiser)."""
@@ -275,6 +276,7 @@ class _NullTextRun(SolverSampler):
                disable_pbar=False):
         if self.latent_is_zero:  # the guider skips process_latent_in for an all-zero latent
             latent_image = model_wrap.inner_model.process_latent_in(latent_image)
+        _check_text_context(model_wrap, self.settings.method)
         sampling = model_wrap.inner_model.model_sampling
         schedule = schedule_for_sampling(sampling, NAME)
         grid = check_sigmas(sigmas, schedule)
@@ -291,7 +293,7 @@ class _NullTextRun(SolverSampler):
         else:
             _, pivot = _trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
             modules = _modules_of(model_wrap)
-            with autograd_ready(modules, copy_saved=len(modules) > 1):
+            with autograd_ready(modules, copy_saved=len(modules) > 1), refused_without_gradients(model_wrap):
                 pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
                 self._optimise(ev, pivot, grid.clone(), schedule, model_wrap, callback)
         assert self.latents is not None
@@ -439,11 +441,82 @@ def _check_guider(guider: Any, settings: NullTextSettings) -> None:
                          "set the cfg you will edit at (e.g. 7.5)")
 
 
+def check_guidance_distilled(model: Any) -> None:
+    """Refuse a guidance-distilled model, told by its config: a guidance embedding (Flux dev and Fill,
+    Flux.2 dev, HunyuanImage 2.1 distilled) makes the guidance scale an input of the model, which was trained
+    without the unconditional prediction that these methods optimise (NTI) or replace (NPI)."""
+    config = getattr(getattr(model, "model_config", None), "unet_config", None) or {}
+    if config.get("guidance_embed"):
+        raise ValueError(f"{NAME}: the model ({model_name(model)}) is guidance-distilled: its config has a guidance "
+                         "embedding, so the guidance scale is an input of the model and there is no unconditional "
+                         "prediction for null-text inversion or NPI to work on. Use Invert (cfg 1, the guidance "
+                         "set with FluxGuidance) with an exact solver instead")
+
+
+#: processed inputs that carry the negative prompt's length (text masks; the token count OmniGen2 and Boogu
+#: build their positions from): NPI cannot put the source prompt's context, of another length, beside them
+TEXT_LENGTH_INPUTS = ("attention_mask", "text_embedding_mask")
+#: model classes (comfy.model_base) that use ``num_tokens``; Lumina 2 / Z-Image receive it and ignore it
+USES_NUM_TOKENS = ("Omnigen2", "Boogu")
+
+
+def _check_text_context(model_wrap: Any, method: str) -> None:
+    """Refuse a model whose prompt does not reach it as what the per-step embeddings replace: the
+    cross-attention context (c_crossattn; Stable Cascade's stage C takes ``clip_text``) and a float pooled
+    vector ``y`` (the X4 upscaler's ``y`` is its noise level); and NPI where the negative's length is an input."""
+    family = model_name(model_wrap.inner_model)
+    negative = model_wrap.conds.get("negative") or []
+    positive = model_wrap.conds.get("positive") or []
+    if negative and all("c_crossattn" not in entry["model_conds"] for entry in negative):
+        keys = sorted({k for entry in negative for k in entry["model_conds"]})
+        raise ValueError(f"{NAME}: the model ({family}) takes its prompt as {', '.join(keys) or 'no input'}, not as "
+                         "the cross-attention context (c_crossattn) that null-text inversion and NPI replace. Use "
+                         "Invert with an exact solver instead")
+    y = negative[0]["model_conds"].get("y") if negative else None
+    if y is not None and isinstance(y.cond, torch.Tensor) and not y.cond.is_floating_point():
+        raise ValueError(f"{NAME}: the model ({family}) takes an integer class input 'y' (for the X4 upscaler, its "
+                         "noise level) where null-text inversion keeps the pooled text vector that goes with each "
+                         "embedding. Use Invert with an exact solver instead")
+    if method != "npi" or not negative or not positive:
+        return
+    lengths = {entry["model_conds"]["c_crossattn"].cond.shape[1] for entry in negative + positive
+               if "c_crossattn" in entry["model_conds"]}
+    length_inputs = TEXT_LENGTH_INPUTS + (("num_tokens",) if type(model_wrap.inner_model).__name__ in USES_NUM_TOKENS
+                                          else ())
+    bound = sorted({k for entry in negative for k in entry["model_conds"] if k in length_inputs})
+    if len(lengths) > 1 and bound:
+        raise ValueError(f"{NAME}: method 'npi' puts the source prompt's context in place of the negative's, but "
+                         f"they differ in length ({' and '.join(map(str, sorted(lengths)))} tokens) and this model "
+                         f"({family}) also takes the negative's length ({', '.join(bound)}), which NPI cannot "
+                         "change. Use method 'nti', or prompts that encode to the same length")
+
+
+@contextlib.contextmanager
+def refused_without_gradients(model_wrap: Any) -> Iterator[None]:
+    """Turn the two ways a model's forward pass can be closed to gradients into a clear refusal: ComfyUI's
+    fused kernels without a backward pass (0.28's comfy_kitchen RoPE, used outside training) and activations
+    the model changes in place after autograd saved them."""
+    try:
+        yield
+    except RuntimeError as err:
+        family = model_name(model_wrap.inner_model)
+        if "no autograd formula" in str(err):
+            why = "runs ComfyUI kernels that have no backward pass (comfy_kitchen, outside training)"
+        elif "modified by an inplace operation" in str(err):
+            why = "changes activations in place that the backward pass needs"
+        else:
+            raise
+        raise ValueError(f"{NAME}: the model ({family}) {why}, so gradients cannot reach the unconditional "
+                         "embedding and methods 'nti' and 'bias_correction' cannot run on it; use method 'npi', "
+                         "which needs no gradients") from err
+
+
 def null_text_invert(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict,
                      settings: NullTextSettings) -> tuple[InversionState, torch.Tensor]:
     """The node's work: an INVERSION with per-step unconditional embeddings, and z_T in LATENT space."""
     check_settings(settings)
     _check_guider(guider, settings)
+    check_guidance_distilled(guider.model_patcher.model)
     inputs = checked_inputs(guider, sampler, sigmas, latent, NAME)
     run = _NullTextRun(inputs.solver, settings, latent_is_zero=bool(torch.count_nonzero(inputs.samples) == 0))
     z_top = _sample_through(guider, run, torch.zeros_like(inputs.samples), inputs.samples, inputs.grid)
