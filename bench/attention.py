@@ -50,7 +50,6 @@ Progress goes to stderr. This is a benchmark: nothing asserts (tests/host/test_b
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import statistics
 import sys
@@ -85,7 +84,9 @@ GUIDER = "ExactInversion_BlendedGuidance"
 
 def pack_module(name: str) -> Any:
     """A module of the pack's nodes package, under the name ComfyUI imported it."""
-    return importlib.import_module(EQ.loader_module().__name__.rsplit(".", 1)[0] + "." + name)
+    import comfyhost
+
+    return comfyhost.pack_module("nodes." + name)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

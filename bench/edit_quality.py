@@ -156,7 +156,7 @@ def score_edit(edit: str, edited: torch.Tensor, source: torch.Tensor, mask: torc
 
 def loader_module() -> Any:
     """The pack's nodes.toy_model as ComfyUI imported it (under the pack's folder name)."""
-    return next(m for n, m in sys.modules.items() if n.endswith("nodes.toy_model") and hasattr(m, "set_model_folder"))
+    return comfyhost.pack_module("nodes.toy_model")
 
 
 def load_model(nodes: dict[str, Any], path: Path | None) -> tuple[Any, Any, Any]:

@@ -315,7 +315,9 @@ def token_grid(diffusion_model: Any, latent_shape: Sequence[int]) -> tuple[int, 
     """The image's token grid in a DiT's attention: the latent's height and width over the patch size."""
     patch: Any = getattr(diffusion_model, "patch_size", None)
     if patch is None:
-        patch = getattr(diffusion_model, "patch", 1)  # Krea 2
+        patch = getattr(diffusion_model, "patch", None)  # Krea 2
+    if patch is None:
+        patch = getattr(diffusion_model, "patch_spatial", 1)  # Cosmos-Predict2 DiTs (Anima)
     if type(diffusion_model).__name__ in PACKED_LATENT_MODELS:
         patch = 1
     ph, pw = (int(patch[-2]), int(patch[-1])) if isinstance(patch, (list, tuple)) else (int(patch), int(patch))

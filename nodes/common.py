@@ -8,6 +8,7 @@ import torch
 from comfy_api.latest import io
 
 from ..solvers import SOLVERS, InversionState, Solver
+from ..solvers.state import is_image_latent_shape
 
 #: Kept equal to pyproject.toml's version (a unit test checks); written into every saved inversion.
 PACK_VERSION = "0.1.0"
@@ -55,9 +56,11 @@ def latent_samples(latent: Any, node: str, name: str = "latent") -> torch.Tensor
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
         raise ValueError(f"{node}: input '{name}' is not a LATENT (a dict with a 'samples' tensor)")
     samples = latent["samples"]
-    if samples.ndim != 4 or samples.is_nested:
+    if samples.is_nested or not is_image_latent_shape(samples.shape):
+        video = samples.ndim == 5 and not samples.is_nested and samples.shape[2] > 1
         raise ValueError(f"{node}: input '{name}' must be an image latent of shape [batch, channels, height, "
-                         f"width]; got shape {list(samples.shape)}")
+                         f"width] (or [batch, channels, 1, height, width]); got shape {list(samples.shape)}"
+                         + ("; videos of several frames are not supported: invert one frame" if video else ""))
     if not torch.isfinite(samples).all():
         raise ValueError(f"{node}: input '{name}' contains NaN or infinite values; check the VAE encode "
                          "and the nodes before it")

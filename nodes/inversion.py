@@ -21,7 +21,7 @@ from .common import (
     solver_of,
 )
 from .fingerprint import conditioning_fingerprint, model_fingerprint
-from .model_adapter import run_edit, run_inversion, schedule_for
+from .model_adapter import model_name, run_edit, run_inversion, schedule_for
 from .storage import creation_info
 from .uncond import META as NULL_TEXT_META
 from .uncond import UNCOND_CONTEXT
@@ -97,6 +97,7 @@ def checked_inputs(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict
     samples = latent_samples(latent, node)
     check_latent_channels(samples, model, node, "latent")
     schedule = schedule_for(model, node)
+    _check_latent_kept(model, samples, node)
     grid = check_sigmas(sigmas, schedule, what=f"{node}: input 'sigmas'")
     try:
         warnings = solver.warnings(grid, schedule)
@@ -105,6 +106,16 @@ def checked_inputs(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict
     for warning in warnings:
         logging.warning("%s: %s", node, warning)
     return InversionInputs(model, solver, samples, schedule, grid, warnings)
+
+
+def _check_latent_kept(model: Any, samples: torch.Tensor, node: str) -> None:
+    """Refuse a model that reshapes the latent it reads (an image-conditioned refiner: HunyuanImage 2.1's turns 64
+    channels into 128): its sampler-space state is not the image's, and Edit cannot start from it alone."""
+    processed = model.model.process_latent_in(samples[:1].detach().to("cpu", torch.float32))
+    if tuple(processed.shape[1:]) != tuple(samples.shape[1:]):
+        raise ValueError(f"{node}: the model ({model_name(model.model)}) reads a latent of shape "
+                         f"{list(samples.shape[1:])} as {list(processed.shape[1:])}: it is an image-conditioned "
+                         "model (a refiner), which exact inversion does not support. Invert with the base model")
 
 
 def record_provenance(state: InversionState, inputs: InversionInputs, guider: Any, z_top: torch.Tensor) -> None:
@@ -148,7 +159,8 @@ class Edit(io.ComfyNode):
                 f"{EDIT}: input 'inversion' was made with a {inversion.schedule} model but the guider's model is "
                 f"{schedule.kind}; edit with the model family used for the inversion"
             )
-        check_latent_channels(inversion.latents["x"], model, EDIT, "inversion")
+        # in LATENT space (the state is after process_latent_in, which may change the channels)
+        check_latent_channels(inversion.extras.get(SOURCE, inversion.latents["x"]), model, EDIT, "inversion")
         warnings = _check_same_model(model, inversion)
         if sigmas is not None:
             _check_same_grid(sigmas, inversion)
@@ -331,6 +343,8 @@ def roundtrip_figure(ref: torch.Tensor, res: torch.Tensor, channels_last: bool, 
     """
     a = ref[0].detach().to("cpu", torch.float64)
     b = res[0].detach().to("cpu", torch.float64)
+    if a.ndim == 4:  # [C, 1, H, W]: an image latent with a time axis
+        a, b = a[:, 0], b[:, 0]
     if channels_last:
         a, b = a.permute(2, 0, 1), b.permute(2, 0, 1)
     lo = a.amin(dim=(1, 2), keepdim=True)

@@ -72,12 +72,19 @@ _EXTRA = "extra."
 #:
 #: * ``sigmas``: 1-D float64, at least 2 finite values, non-negative, strictly decreasing (flow: <= 1);
 #: * ``latent.<name>``: the solver's state (``x`` always), float32 or float64, all of one dtype and one
-#:   4-D shape [batch, channels, height, width] with every dimension >= 1, finite;
+#:   shape [batch, channels, height, width], or [batch, channels, 1, height, width] (an image in a video VAE's
+#:   latent, as Qwen-Image's), with every dimension >= 1, finite;
 #: * ``extra.<name>``: float16, bfloat16, float32 or float64, finite. ``source_latent`` and
 #:   ``noise_latent`` (nodes/inversion.py) have the latent shape; ``null_text.c_crossattn``
 #:   (nodes/uncond.py) is [steps or 1, batch, tokens, width]; ``null_text.y`` is [batch, width] and
 #:   comes only with the context.
 LATENT_DTYPES = (torch.float32, torch.float64)
+
+
+def is_image_latent_shape(shape: Any) -> bool:
+    """[batch, channels, height, width], or the same with a time axis of one frame (video VAEs' images)."""
+    dims = tuple(shape)
+    return min(dims, default=0) >= 1 and (len(dims) == 4 or (len(dims) == 5 and dims[2] == 1))
 EXTRA_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _LATENT_SHAPED_EXTRAS = ("source_latent", "noise_latent")
 _UNCOND_CONTEXT = "null_text.c_crossattn"
@@ -286,13 +293,14 @@ def _check_grid(schedule: str, sigmas: Any) -> None:
 
 
 def _check_latents(latents: dict[str, Any]) -> tuple[int, ...]:
-    """The solver's state tensors: one float dtype, one 4-D shape, finite. Returns that shape."""
+    """The solver's state tensors: one float dtype, one image-latent shape, finite. Returns that shape."""
     if "x" not in latents:
         raise StateFormatError("it lacks the sigma grid or the inverted latents")
     for name, t in sorted(latents.items()):
-        if not isinstance(t, Tensor) or t.dtype not in LATENT_DTYPES or t.ndim != 4 or min(t.shape) < 1:
+        if not isinstance(t, Tensor) or t.dtype not in LATENT_DTYPES or not is_image_latent_shape(t.shape):
             raise StateFormatError(f"its latent {_short(name)} is {_describe(t)}; latents are float32 or float64 "
-                                   "with shape [batch, channels, height, width]")
+                                   "with shape [batch, channels, height, width] or [batch, channels, 1, height, "
+                                   "width]")
     if len({t.dtype for t in latents.values()}) > 1:
         raise StateFormatError("its latents differ in dtype")
     if len({tuple(t.shape) for t in latents.values()}) > 1:

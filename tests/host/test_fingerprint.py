@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-
+import comfyhost
 import torch
 from tiny import make_model
 
 
 def fingerprint_of(model) -> str:
-    module = next(m for n, m in sys.modules.items() if n.endswith("nodes.fingerprint"))
+    module = comfyhost.pack_module("nodes.fingerprint")
     module._CACHE.clear()
     return module.model_fingerprint(model)["id"]
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections import Counter
 from pathlib import Path
 
+import comfyhost
 import pytest
 import torch
 from hostile_files import METADATA_KEY, apply, json_values, mutations
@@ -38,7 +38,7 @@ CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch
 
 
 def pack_state_module():
-    return next(m for name, m in sys.modules.items() if name.endswith("solvers.state") and hasattr(m, "to_flat"))
+    return comfyhost.pack_module("solvers.state")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 
 import comfy.model_management
+import comfyhost
 import pytest
 import torch
 from helpers import edit, guider, random_latent, sigmas
@@ -31,7 +31,7 @@ NODE = "ExactInversion_NullTextInversion"
 
 
 def pack(name: str):
-    loader = next(m for n, m in sys.modules.items() if n.endswith("nodes.toy_model"))
+    loader = comfyhost.pack_module("nodes.toy_model")
     return importlib.import_module(loader.__name__.rsplit(".", 1)[0] + "." + name)
 
 
@@ -345,7 +345,7 @@ def shipped_case(host, node_classes):
     """The shipped embedded model, held-out image 0, its caption at cfg 7.5, 10 steps."""
     from toyworld import world as W
 
-    loader = next(m for n, m in sys.modules.items() if n.endswith("nodes.toy_model"))
+    loader = comfyhost.pack_module("nodes.toy_model")
     loader.set_model_folder(None)
     loader.clear_cache()
     with torch.inference_mode():

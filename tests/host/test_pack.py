@@ -1,5 +1,7 @@
 """The pack loads through ComfyUI's own custom-node loader, with every node registered."""
 
+import comfyhost
+
 EXPECTED = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
             "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
@@ -44,11 +46,10 @@ def test_solvers_never_import_comfy():
 
 
 def test_pack_version_matches_pyproject(host):
-    import sys
     from pathlib import Path
 
     import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
-    common = next(m for n, m in sys.modules.items() if n.endswith("nodes.common") and hasattr(m, "PACK_VERSION"))
+    common = comfyhost.pack_module("nodes.common")
     assert common.PACK_VERSION == pyproject["project"]["version"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
+import comfyhost
 import pytest
 import safetensors.torch
 import torch
@@ -104,7 +104,7 @@ def test_fingerprints_tell_models_and_prompts_apart(node_classes, world):
     assert fingerprints(make_model(1))[0] != base[0]
     assert fingerprints(world["model"], pos=5)[1] != base[1]
     assert fingerprints(world["model"], cfg=2.0)[1] != base[1]
-    fingerprint_module = next(m for n, m in sys.modules.items() if n.endswith("nodes.fingerprint"))
+    fingerprint_module = comfyhost.pack_module("nodes.fingerprint")
     fingerprint_module._CACHE.clear()  # hash again, while the patch sits in the weights (read from the backup)
     patched = world["model"].clone()
     keys = ["diffusion_model.input_blocks.0.0.weight", "diffusion_model.input_blocks.0.0.bias"]
@@ -151,7 +151,7 @@ def test_roundtrip_check_on_inversion_shows_figure(host, node_classes, world):
 
 def pack_state_module():
     """The pack's solvers/state.py as ComfyUI imported it (its package name is the checkout's folder name)."""
-    return next(m for name, m in sys.modules.items() if name.endswith("solvers.state") and hasattr(m, "to_flat"))
+    return comfyhost.pack_module("solvers.state")
 
 
 def header_digest(header):
@@ -341,7 +341,7 @@ def test_loaded_inversion_saves_again(host, node_classes, world):
 
 
 def storage_module():
-    return next(m for name, m in sys.modules.items() if name.endswith("nodes.storage") and hasattr(m, "save_file"))
+    return comfyhost.pack_module("nodes.storage")
 
 
 def everything_under(root) -> set[str]:

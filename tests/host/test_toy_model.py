@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
+import comfyhost
 import numpy as np
 import pytest
 import safetensors.torch
@@ -27,7 +27,7 @@ PROMPT = "a red circle on a green background"
 
 def loader_module():
     """The pack's nodes.toy_model as ComfyUI loaded it (not a second copy from the repo root)."""
-    return next(m for n, m in sys.modules.items() if n.endswith("nodes.toy_model") and hasattr(m, "set_model_folder"))
+    return comfyhost.pack_module("nodes.toy_model")
 
 
 def random_toy(seed: int = 0) -> tuple[torch.nn.Module, toy.TextEncoder]:

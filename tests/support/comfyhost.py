@@ -7,6 +7,7 @@ its location is in COMFYUI_DIR (set by scripts/py).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import shutil
 import sys
@@ -77,6 +78,20 @@ def boot(work: str | None = None) -> dict[str, Any]:
             failures.append(str(pack))
     _BOOTED.update(work=work, nodes=nodes, import_failures=failures)
     return _BOOTED
+
+
+def pack_module(name: str) -> Any:
+    """A module of the pack as ComfyUI loaded it, e.g. ``pack_module("nodes.storage")``.
+
+    ComfyUI imports a custom-node pack under a name of its own (the pack's path), so the pack's modules are
+    not the ``solvers`` / ``nodes`` a test would import from the repo root (classes would differ and
+    ``isinstance`` fail). The pack's package is the module whose file is the repo's ``__init__.py``.
+    """
+    boot()
+    init = REPO / "__init__.py"
+    root = next(n for n, m in list(sys.modules.items())
+                if getattr(m, "__file__", None) and Path(m.__file__).resolve() == init)
+    return importlib.import_module(f"{root}.{name}")
 
 
 class NullServer:
