@@ -119,3 +119,95 @@ def wait_history(url: str, prompt_id: str, timeout: float = 120.0) -> dict:
                 return entry
         time.sleep(0.2)
     raise TimeoutError(f"prompt {prompt_id} did not finish")
+
+
+class WebSocketListener:
+    """The server's /ws messages for one client id, collected by a background thread (aiohttp's client).
+
+    Why: 'executing' and 'progress' tell the moment a node really runs, and 'execution_interrupted' when
+    it stopped, without polling. Each JSON message is kept as (time.monotonic() on arrival, type, data);
+    binary preview frames are skipped.
+    """
+
+    def __init__(self, url: str, client_id: str) -> None:
+        import asyncio
+        import threading
+
+        self.client_id = client_id
+        self.messages: list[tuple[float, str, dict[str, Any]]] = []
+        self._cond = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._stop: Any = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        ws_url = url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
+        self._thread = threading.Thread(target=self._run, args=(ws_url,), daemon=True)
+        self._thread.start()
+        if not self._ready.wait(15):
+            raise TimeoutError(f"no websocket connection to {ws_url}")
+        if self._error is not None:
+            raise RuntimeError(f"websocket connection to {ws_url} failed: {self._error}")
+
+    def _run(self, ws_url: str) -> None:
+        import asyncio
+
+        import aiohttp
+
+        async def listen() -> None:
+            self._stop = asyncio.Event()
+            try:
+                async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, heartbeat=30) as ws:
+                    self._ready.set()
+                    stop = asyncio.ensure_future(self._stop.wait())
+                    while True:
+                        receive = asyncio.ensure_future(ws.receive())
+                        done, _ = await asyncio.wait({receive, stop}, return_when=asyncio.FIRST_COMPLETED)
+                        if stop in done:
+                            receive.cancel()
+                            return
+                        msg = receive.result()
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            data = json.loads(msg.data)
+                            with self._cond:
+                                self.messages.append((time.monotonic(), data.get("type", ""), data.get("data") or {}))
+                                self._cond.notify_all()
+                        elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                            return
+            except Exception as err:  # reported to the caller by __init__ or wait_for
+                self._error = err
+                self._ready.set()
+
+        self._loop.run_until_complete(listen())
+        self._loop.close()
+
+    def wait_for(self, predicate: Any, timeout: float, start: int = 0) -> tuple[int, tuple[float, str, dict]]:
+        """The first message from index ``start`` on for which ``predicate(type, data)`` holds: (index, message)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            i = start
+            while True:
+                while i < len(self.messages):
+                    if predicate(self.messages[i][1], self.messages[i][2]):
+                        return i, self.messages[i]
+                    i += 1
+                left = deadline - time.monotonic()
+                if left <= 0 or self._error is not None:
+                    kinds = [m[1] for m in self.messages[start:]][-20:]
+                    raise TimeoutError(f"no such websocket message in {timeout} s (last: {kinds}; error: "
+                                       f"{self._error})")
+                self._cond.wait(min(left, 0.5))
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+@contextlib.contextmanager
+def listen_ws(url: str, client_id: str) -> Iterator[WebSocketListener]:
+    """A WebSocketListener for ``client_id`` that is always closed."""
+    listener = WebSocketListener(url, client_id)
+    try:
+        yield listener
+    finally:
+        listener.close()

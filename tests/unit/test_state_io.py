@@ -279,3 +279,16 @@ def test_unprintable_parameter_refused_clearly():
     state.params["p"] = 10**5000  # repr() of it raises: the message must still come out
     with pytest.raises(StateFormatError, match="solver parameter 'p' is <int>"):
         check_state(state)
+
+
+def test_image_latents_with_a_time_axis_round_trip_and_videos_are_refused():
+    """Qwen-Image's VAE gives an image as [batch, channels, 1, height, width]: stored as it is; several frames
+    (a video) are not an inversion this format holds."""
+    state = make_state()
+    image = {k: v.unsqueeze(2) for k, v in state.latents.items()}
+    state.latents, state.extras = image, {"source_latent": state.extras["source_latent"].unsqueeze(2)}
+    back = from_flat(*to_flat(state))
+    assert back.shape == (2, 4, 1, 8, 8) and all(torch.equal(back.latents[k], image[k]) for k in image)
+    state.latents = {k: torch.cat([v, v], dim=2) for k, v in image.items()}
+    with pytest.raises(StateFormatError, match=r"\[batch, channels, 1, height, width\]"):
+        check_state(state)
