@@ -15,15 +15,16 @@ stochastic editing (seeded eta noise inside the mask, §4.7) to draw variants.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
 import comfy.samplers
 import torch
-import torch.nn.functional as F
 from comfy_api.latest import io
 
+from ..editing.blend import blend_branches, blend_region, renoise, soft_mask
 from ..solvers import Schedule
 from .attention_control import (
     RESOLUTIONS,
@@ -36,7 +37,7 @@ from .attention_control import (
     token_alignment,
     token_grid,
 )
-from .common import CATEGORY, node_id
+from .common import CATEGORY, check_clip, check_conditioning, check_model, check_prompt_encodes_to, node_id
 from .fingerprint import conditioning_fingerprint
 from .model_adapter import EditRun, model_name, schedule_for_sampling
 from .prompt_words import token_row
@@ -53,6 +54,8 @@ DEFAULT_NORMALISATION = "min-max"
 
 @dataclass(frozen=True)
 class BlendSettings:
+    """The node's options, checked: ``from_inputs`` takes the schema's values (by name) and validates them."""
+
     cfg: float  # the reconstruction branch's scale w (the inversion's)
     target_cfg: float  # w_E
     anchor_is_edit_region: bool
@@ -65,38 +68,37 @@ class BlendSettings:
     eta: float
     seed: int
 
-
-def scale_map(anchor: torch.Tensor, normalisation: str = DEFAULT_NORMALISATION) -> torch.Tensor:
-    """The map in [0, 1] per image: divided by its max ("max", algorithms.md §4.6) or min-max scaled."""
-    hi = anchor.amax(dim=(-2, -1), keepdim=True)
-    if normalisation == "max":
-        return anchor / hi.clamp_min(1e-12)
-    lo = anchor.amin(dim=(-2, -1), keepdim=True)
-    return (anchor - lo) / (hi - lo).clamp_min(1e-12)
-
-
-def soft_mask(anchor: torch.Tensor, threshold: float, sharpness: float, edit_region: bool) -> torch.Tensor:
-    """AIDI's M~: the scaled map mapped piecewise-linearly to (-M, M) around delta, then sigmoid.
-
-    ``edit_region`` True: the anchor marks what to edit (sigmoid(Mbar)); False: what to keep (sigmoid(-Mbar)).
-    """
-    m = scale_map(anchor)
-    mbar = torch.where(m < threshold, sharpness * (m - threshold) / threshold,
-                       sharpness * (m - threshold) / (1.0 - threshold))
-    return torch.sigmoid(mbar if edit_region else -mbar)
-
-
-def blend_region(mean_anchor: torch.Tensor, threshold: float, edit_region: bool) -> torch.Tensor:
-    """Local blend's binary edit region from the running-mean map: 3x3 max-pool, scale by max, threshold."""
-    anchor = scale_map(F.max_pool2d(mean_anchor, 3, stride=1, padding=1)) > threshold
-    return (anchor if edit_region else ~anchor).to(mean_anchor.dtype)
-
-
-def ddim_noise_variance(schedule: Schedule, sigma_from: torch.Tensor, sigma_to: torch.Tensor) -> torch.Tensor:
-    """DDIM's sigma_t^2 = (1 - abar_prev)/(1 - abar) * (1 - abar/abar_prev), in the schedule's own alpha, sigma."""
-    a, s = schedule.alpha(sigma_from), schedule.sigma(sigma_from)
-    a2, s2 = schedule.alpha(sigma_to), schedule.sigma(sigma_to)
-    return (s2 * s2) / (s * s) * (1.0 - (a * a) / (a2 * a2))
+    @classmethod
+    def from_inputs(cls, anchor_role: str = ANCHOR_ROLES[0], cfg: float = 1.0, target_cfg: float = 7.0,
+                    threshold: float = DEFAULT_THRESHOLD, sharpness: float = DEFAULT_SHARPNESS,
+                    resolution: str = DEFAULT_RESOLUTION, injection: float = DEFAULT_INJECTION,
+                    blended_guidance: bool = True, local_blend: bool = False, eta: float = 0.0,
+                    seed: int = 0) -> BlendSettings:
+        """The options from the node's inputs, or a ValueError naming the input and the fix (NaN passes
+        ComfyUI's range checks, so every float is checked here)."""
+        floats = {"cfg": cfg, "target_cfg": target_cfg, "threshold": threshold, "sharpness": sharpness,
+                  "injection": injection, "eta": eta}
+        for name, value in floats.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{NAME}: input '{name}' is {value!r}; give a finite number")
+        if anchor_role not in ANCHOR_ROLES:
+            raise ValueError(f"{NAME}: input 'anchor_role' must be one of {ANCHOR_ROLES}, got {anchor_role!r}")
+        if resolution not in RESOLUTIONS:
+            raise ValueError(f"{NAME}: input 'resolution' must be one of {RESOLUTIONS}, got {resolution!r}")
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"{NAME}: input 'threshold' must be between 0 and 1 (exclusive), got {threshold}")
+        if sharpness <= 0:
+            raise ValueError(f"{NAME}: input 'sharpness' must be positive, got {sharpness}")
+        if not 0.0 <= injection <= 1.0:
+            raise ValueError(f"{NAME}: input 'injection' is a fraction of the steps: 0..1, got {injection}")
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"{NAME}: input 'eta' must be in 0..1 (AIDI uses 0.1), got {eta}")
+        if cfg < 0 or target_cfg < 0:
+            raise ValueError(f"{NAME}: inputs 'cfg' and 'target_cfg' must not be negative")
+        return cls(cfg=float(cfg), target_cfg=float(target_cfg), anchor_is_edit_region=anchor_role == ANCHOR_ROLES[0],
+                   threshold=float(threshold), sharpness=float(sharpness), resolution=resolution,
+                   blended=bool(blended_guidance), injection=float(injection), local_blend=bool(local_blend),
+                   eta=float(eta), seed=int(seed))
 
 
 class _EditPass:
@@ -137,6 +139,8 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         self.cfg = settings.cfg
         self.edit_pass: _EditPass | None = None
         self.last_reconstruction: torch.Tensor | None = None
+        #: what the last run could not do as asked; Edit from Inversion shows it in its node
+        self.run_warnings: list[str] = []
 
     def set_branch_conds(self, source: Any, target: Any, negative: Any) -> None:
         self.inner_set_conds({"positive": source, "negative": negative, "target": target})
@@ -163,9 +167,11 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         finally:
             self.control.phase = "off"
             self.control.begin_evaluation()
+        self.run_warnings = []
         if self.edit_pass.maps == 0:
-            logging.warning("%s: no cross-attention of the anchor was recorded, so the edit used target_cfg "
-                            "everywhere (no mask); is the anchor within the model's text context?", NAME)
+            self.run_warnings.append(f"{NAME}: no attention of the anchor was recorded, so the edit used target_cfg "
+                                     "everywhere (no mask); is the anchor within the model's text context?")
+            logging.warning("%s", self.run_warnings[-1])
         self.last_reconstruction = out[:batch]  # the reconstruction branch's result, for checks and tests
         return out[batch:]
 
@@ -208,39 +214,25 @@ class BlendedGuider(comfy.samplers.CFGGuider):
         b = run.batch
         if s.local_blend and run.map_sum is not None:
             region = blend_region(run.map_sum / run.maps, s.threshold, s.anchor_is_edit_region)
-            state = {k: _blend(v, b, region) for k, v in state.items()}
+            state = {k: blend_branches(v, b, region) for k, v in state.items()}
         if s.eta > 0 and denoised is not None and run.soft is not None:
             state = self._renoise(step, state, denoised, run)
         return state
 
     def _renoise(self, step: int, state: dict[str, torch.Tensor], denoised: torch.Tensor, run: _EditPass
                  ) -> dict[str, torch.Tensor]:
-        """Stochastic editing (AIDI eq. 10): DDIM-eta noise of variance eta*sigma_t^2*M~ in the target branch."""
+        """Stochastic editing in the edit branch (editing.blend.renoise), one seeded noise stream per image."""
         s_from, s_to = run.sigmas[step], run.sigmas[step + 1]
-        a2, s2 = run.schedule.alpha(s_to), run.schedule.sigma(s_to)
-        if float(s2) == 0.0:
-            return state
         b = run.batch
-        var = (self.settings.eta * ddim_noise_variance(run.schedule, s_from, s_to)) * run.soft.to("cpu", torch.float64)
         shape = state["x"].shape[1:]
-        xi = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in run.generators])
+        noise = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in run.generators])
         out = dict(state)
         for key, value in state.items():
             if key == "x_prev":  # BDIA's state one level up: not at sigma_to
                 continue
-            dev, dt = value.device, value.dtype
-            scale = run.schedule.scale(s_to)
-            z = scale * value[b:].to("cpu", torch.float64)
-            eps = (z - a2 * denoised[b:].to("cpu", torch.float64)) / s2
-            z = z + ((s2 * s2 - var).clamp_min(0).sqrt() - s2) * eps + var.sqrt() * xi
-            out[key] = torch.cat([value[:b], (z / scale).to(device=dev, dtype=dt)])
+            edited = renoise(value[b:], denoised[b:], noise, run.soft, self.settings.eta, run.schedule, s_from, s_to)
+            out[key] = torch.cat([value[:b], edited])
         return out
-
-
-def _blend(value: torch.Tensor, b: int, region: torch.Tensor) -> torch.Tensor:
-    rec, tgt = value[:b], value[b:]
-    region = region.to(device=value.device, dtype=value.dtype)
-    return torch.cat([rec, rec + region * (tgt - rec)])
 
 
 class BlendedGuidance(io.ComfyNode):
@@ -301,51 +293,28 @@ class BlendedGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: Any, source_positive: Any, target_positive: Any, negative: Any, clip: Any,
-                source_prompt: str, target_prompt: str, anchor: str, anchor_role: str = ANCHOR_ROLES[0],
-                cfg: float = 1.0, target_cfg: float = 7.0, threshold: float = DEFAULT_THRESHOLD,
-                sharpness: float = DEFAULT_SHARPNESS, resolution: str = DEFAULT_RESOLUTION,
-                injection: float = DEFAULT_INJECTION, blended_guidance: bool = True, local_blend: bool = False,
-                eta: float = 0.0, seed: int = 0) -> io.NodeOutput:
-        settings = check_settings(anchor_role, cfg, target_cfg, threshold, sharpness, resolution, injection,
-                                  blended_guidance, local_blend, eta, seed)
-        if clip is None or not hasattr(clip, "tokenize"):
-            raise ValueError(f"{NAME}: input 'clip' is not a CLIP; connect the CLIP that encoded the prompts")
+                source_prompt: str, target_prompt: str, anchor: str, **options: Any) -> io.NodeOutput:
+        settings = BlendSettings.from_inputs(**options)
+        check_model(model, NAME)
+        for name, value in (("source_positive", source_positive), ("target_positive", target_positive),
+                            ("negative", negative)):
+            check_conditioning(value, NAME, name)
+        check_clip(clip, NAME, "clip", "the CLIP that encoded the prompts")
+        if not source_prompt.strip():
+            raise ValueError(f"{NAME}: input 'source_prompt' is empty; type the source prompt's text")
+        if not target_prompt.strip():
+            raise ValueError(f"{NAME}: input 'target_prompt' is empty; type the edited prompt's text")
+        check_prompt_encodes_to(clip, source_prompt, source_positive, NAME, "source_prompt", "source_positive")
+        check_prompt_encodes_to(clip, target_prompt, target_positive, NAME, "target_prompt", "target_positive")
         layout = text_layout(model, NAME)
         try:
             anchor_positions = context_positions(clip, source_prompt, anchor, layout)
         except ValueError as err:
             raise ValueError(f"{NAME}: input 'anchor': {err}") from err
-        if not target_prompt.strip():
-            raise ValueError(f"{NAME}: input 'target_prompt' is empty; type the edited prompt's text")
         alignment = token_alignment(token_row(clip, source_prompt), token_row(clip, target_prompt))
         guider = BlendedGuider(model, settings, anchor_positions, alignment, layout)
         guider.set_branch_conds(source_positive, target_positive, negative)
         return io.NodeOutput(guider)
-
-
-def check_settings(anchor_role: str, cfg: float, target_cfg: float, threshold: float, sharpness: float,
-                   resolution: str, injection: float, blended: bool, local_blend: bool, eta: float,
-                   seed: int) -> BlendSettings:
-    """The node's options as BlendSettings, or a ValueError naming the input and the fix."""
-    if anchor_role not in ANCHOR_ROLES:
-        raise ValueError(f"{NAME}: input 'anchor_role' must be one of {ANCHOR_ROLES}, got {anchor_role!r}")
-    if resolution not in RESOLUTIONS:
-        raise ValueError(f"{NAME}: input 'resolution' must be one of {RESOLUTIONS}, got {resolution!r}")
-    if not 0.0 < threshold < 1.0:
-        raise ValueError(f"{NAME}: input 'threshold' must be between 0 and 1 (exclusive), got {threshold}")
-    if sharpness <= 0:
-        raise ValueError(f"{NAME}: input 'sharpness' must be positive, got {sharpness}")
-    if not 0.0 <= injection <= 1.0:
-        raise ValueError(f"{NAME}: input 'injection' is a fraction of the steps: 0..1, got {injection}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"{NAME}: input 'eta' must be in 0..1 (AIDI uses 0.1), got {eta}")
-    if cfg < 0 or target_cfg < 0:
-        raise ValueError(f"{NAME}: inputs 'cfg' and 'target_cfg' must not be negative")
-    return BlendSettings(cfg=float(cfg), target_cfg=float(target_cfg),
-                         anchor_is_edit_region=anchor_role == ANCHOR_ROLES[0],
-                         threshold=float(threshold), sharpness=float(sharpness), resolution=resolution,
-                         blended=bool(blended), injection=float(injection), local_blend=bool(local_blend),
-                         eta=float(eta), seed=int(seed))
 
 
 NODES = [BlendedGuidance]

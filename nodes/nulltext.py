@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import comfy.model_management
@@ -34,8 +34,18 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..editing.nulltext import (
+    EARLY_STOP_SCHEDULES,
+    METHODS,
+    NullTextSettings,
+    Passes,
+    StepLog,
+    best_start,
+    fit_step,
+    trajectory,
+)
 from ..solvers import DDIM, InversionState, Schedule, Solver, check_sigmas
-from .common import CATEGORY, Inversion, node_id
+from .common import CATEGORY, Inversion, guider_model, node_id
 from .inversion import checked_inputs, record_provenance
 from .model_adapter import (
     FractionalTimesteps,
@@ -48,62 +58,6 @@ from .model_adapter import (
 from .uncond import META, UNCOND_CONTEXT, UNCOND_POOLED, context_of, detached, with_uncond
 
 NAME = "Null-text Inversion"
-METHODS = ("nti", "npi", "bias_correction")
-#: how the early-stop threshold moves over the steps: the paper's grows from eps to 100·eps at the last
-#: step; "tightening" runs the other way, for latents that are the image itself (see threshold_at)
-EARLY_STOP_SCHEDULES = ("growing", "tightening")
-#: Adam's epsilon (torch's default, as the reference code uses).
-ADAM_EPS = 1e-8
-
-
-@dataclass
-class NullTextSettings:
-    """The method and its optimiser settings (paper defaults; see the module docstring)."""
-
-    method: str = "nti"
-    inner_steps: int = 10
-    learning_rate: float = 1e-2
-    early_stop: float = 1e-5
-    early_stop_schedule: str = "growing"
-    starts: int = 20
-    hops: int = 0
-    start_scale: float = 0.01
-    seed: int = 0
-
-    def learning_rate_at(self, step: int, steps: int) -> float:
-        return self.learning_rate * (1.0 - step / (2.0 * steps))
-
-    def threshold_at(self, step: int, steps: int) -> float:
-        """The paper's ``eps + i·2e-5`` (eps = 1e-5, 50 steps) is ``eps·(1 + 100·i/N)``: loose at the last steps.
-
-        "tightening" mirrors it (``eps·(1 + 100·(N−1−i)/N)``): the last step's loss *is* the
-        reconstruction error, so the embedded model (whose latent is the image) needs it tightest there.
-        """
-        remaining = step if self.early_stop_schedule == "growing" else steps - 1 - step
-        return self.early_stop * (1.0 + 100.0 * remaining / steps)
-
-
-@dataclass
-class Passes:
-    """Model evaluations of one conditioning for the whole batch: a batched cond + uncond call is 2."""
-
-    forward: int = 0
-    backward: int = 0
-    pending: int = 0  # passes in the graph the next backward() runs through
-
-    def backwarded(self) -> None:
-        self.backward += self.pending
-        self.pending = 0
-
-
-@dataclass
-class StepLog:
-    iterations: list[int] = field(default_factory=list)
-    first_losses: list[float] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    skipped: int = 0
-
-
 @contextlib.contextmanager
 def autograd_ready(modules: list[torch.nn.Module], copy_saved: bool = False) -> Iterator[None]:
     """Gradients through models whose weights are inference tensors (ComfyUI loads them in inference mode).
@@ -235,27 +189,6 @@ class _Evaluator:
         return self._combine(x, t, cond, uncond, negative)
 
 
-def _trajectory(solver: Solver, denoise: Callable, x0: torch.Tensor, grid: torch.Tensor,
-                schedule: Schedule) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    """The solver's inversion and its state at every grid level (index i: at grid[i])."""
-    n = len(grid) - 1
-    levels: list[torch.Tensor | None] = [None] * (n + 1)
-    levels[n] = x0.to(solver.state_dtype)
-
-    def record(step: int, total: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
-        levels[n - 1 - step] = x.detach()
-
-    latents = solver.invert(denoise, x0, grid, schedule, record)
-    assert all(v is not None for v in levels), "the solver did not report every inversion step"
-    return latents, levels  # type: ignore[return-value]
-
-
-def _per_image_loss(x: torch.Tensor, target: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Mean squared error per image in the model's own (vp) coordinates, as the reference measures it."""
-    diff = (x - target.to(x)) * scale.to(x)
-    return diff.pow(2).flatten(1).mean(1)
-
-
 class _NullTextRun(SolverSampler):
     """Single-use sampler: pivot inversion, then the chosen method, inside the guider's sampling setup."""
 
@@ -291,7 +224,7 @@ class _NullTextRun(SolverSampler):
             context, pooled = context_of(ev.positive, f"{NAME}: the guider's positive")
             self._store(context.unsqueeze(0), pooled)
         else:
-            _, pivot = _trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
+            _, pivot = trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
             modules = _modules_of(model_wrap)
             with autograd_ready(modules, copy_saved=len(modules) > 1), refused_without_gradients(model_wrap):
                 pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
@@ -313,103 +246,37 @@ class _NullTextRun(SolverSampler):
         batch = pivot[0].shape[0]
         null = comfy.utils.repeat_to_batch_size(null0.detach(), batch).to(torch.float32).clone()
         x = pivot[0].detach().clone()
+
+        def one_step(z: torch.Tensor, null: torch.Tensor, i: int) -> torch.Tensor:
+            """The solver's own sampling step i at the guider's cfg with ``null`` as the unconditional."""
+            return self.step_solver.sample(lambda y, sg: ev.guided(y, sg, null, pooled), {"x": z}, grid[i:i + 2],
+                                           schedule)
+
         noise_bias: torch.Tensor | None = None
         if s.method == "bias_correction":
-            noise_bias = self._best_start(ev, x, null, pooled, pivot[1], grid, schedule)
+            noise_bias = best_start(s, one_step, x, null, pivot[1], grid, schedule)
         fp16 = _compute_dtype(model_wrap.inner_model) == torch.float16
         step_cb = make_step_callback(callback)
+
         nulls = []
         for i in range(n):
             params = [null.requires_grad_(True)]
             if i == 0 and noise_bias is not None:
                 params.append(noise_bias.requires_grad_(True))
-            self._fit_step(ev, params, x, null, noise_bias if i == 0 else None, pooled, pivot[i + 1],
-                           grid, i, schedule, fp16)
+            fit_step(s, one_step, params, x, null, noise_bias if i == 0 else None, pivot[i + 1], grid, schedule, i,
+                     fp16, self.log, self.passes)
             null = null.detach()
             if i == 0 and noise_bias is not None:
                 x = (x + noise_bias.detach()).detach()
                 self.latents = {"x": x.clone()}
             nulls.append(null.clone())
             with torch.no_grad():
-                x = self._one_step(ev, x, null, pooled, grid, i, schedule).detach()
+                x = one_step(x, null, i).detach()
             if step_cb is not None:
                 step_cb(i, n, x, None)
         if self.latents is None:
             self.latents = {"x": pivot[0].detach().clone()}
         self._store(torch.stack(nulls), pooled)
-
-    def _one_step(self, ev: _Evaluator, x: torch.Tensor, null: torch.Tensor, pooled: torch.Tensor | None,
-                  grid: torch.Tensor, i: int, schedule: Schedule) -> torch.Tensor:
-        """The solver's own sampling step i at the guider's cfg with ``null`` as the unconditional."""
-        return self.step_solver.sample(lambda z, sg: ev.guided(z, sg, null, pooled), {"x": x}, grid[i:i + 2],
-                                       schedule)
-
-    def _fit_step(self, ev: _Evaluator, params: list[torch.Tensor], x: torch.Tensor,
-                  null: torch.Tensor, noise_bias: torch.Tensor | None, pooled: torch.Tensor | None,
-                  target: torch.Tensor, grid: torch.Tensor, i: int, schedule: Schedule, fp16: bool) -> None:
-        s, n = self.settings, len(grid) - 1
-        scale = schedule.scale(grid[i + 1])
-        threshold = s.threshold_at(i, n) if s.early_stop > 0 else -math.inf
-        loss_scale: float | None = None if fp16 else 1.0
-        optimiser: torch.optim.Adam | None = None
-        done = 0
-        for _ in range(s.inner_steps):
-            z = x if noise_bias is None else x + noise_bias
-            per_image = _per_image_loss(self._one_step(ev, z, null, pooled, grid, i, schedule), target, scale)
-            loss = per_image.sum()
-            if done == 0:
-                self.log.first_losses.append(float(per_image.detach().max()))
-            if loss_scale is None:  # fp16 backward: scale so gradients stay above fp16's smallest number
-                loss_scale = 1.0 / max(float(loss.detach()), 1e-30)
-            if optimiser is None:  # Adam is invariant to a constant gradient scale when eps scales with it
-                optimiser = torch.optim.Adam(params, lr=s.learning_rate_at(i, n), eps=ADAM_EPS * loss_scale)
-            optimiser.zero_grad()
-            (loss * loss_scale).backward()
-            self.passes.backwarded()
-            if all(p.grad is None or torch.isfinite(p.grad).all() for p in params):
-                optimiser.step()
-            else:
-                self.log.skipped += 1
-            done += 1
-            if float(per_image.detach().max()) < threshold:
-                break
-        self.log.iterations.append(done)
-        self.log.losses.append(float(per_image.detach().max()))
-
-    def _best_start(self, ev: _Evaluator, x: torch.Tensor, null: torch.Tensor, pooled: torch.Tensor | None,
-                    target: torch.Tensor, grid: torch.Tensor, schedule: Schedule) -> torch.Tensor:
-        """Multi-start noise bias: per image, the candidate (zero among them) with the lowest first-step loss.
-
-        Candidates are N(0, (start_scale·std(z_T))²); each may take ``hops`` random moves of the same
-        size, kept when they lower the loss.
-        """
-        s = self.settings
-        gen = torch.Generator().manual_seed(s.seed)
-        size = s.start_scale * float(x.detach().std())
-        scale = schedule.scale(grid[1])
-
-        def loss_of(bias: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return _per_image_loss(self._one_step(ev, x + bias, null, pooled, grid, 0, schedule), target, scale)
-
-        def draw() -> torch.Tensor:
-            return (torch.randn(x.shape, generator=gen, dtype=torch.float64) * size).to(x)
-
-        best = torch.zeros_like(x)
-        best_loss = loss_of(best)
-        for _ in range(1, max(s.starts, 1)):
-            cand = draw()
-            cand_loss = loss_of(cand)
-            for _ in range(s.hops):
-                hop = cand + draw()
-                hop_loss = loss_of(hop)
-                better = hop_loss < cand_loss
-                cand = torch.where(better.view(-1, *[1] * (x.ndim - 1)), hop, cand)
-                cand_loss = torch.minimum(hop_loss, cand_loss)
-            better = cand_loss < best_loss
-            best = torch.where(better.view(-1, *[1] * (x.ndim - 1)), cand, best)
-            best_loss = torch.minimum(cand_loss, best_loss)
-        return best.detach().clone()
 
 
 def _compute_dtype(model: Any) -> torch.dtype:
@@ -417,28 +284,37 @@ def _compute_dtype(model: Any) -> torch.dtype:
 
 
 def check_settings(settings: NullTextSettings) -> None:
-    """Clear errors for inputs the widgets' ranges do not already rule out."""
-    if settings.method not in METHODS:
-        raise ValueError(f"{NAME}: input 'method' must be one of {', '.join(METHODS)}; got {settings.method!r}")
-    if settings.inner_steps < 1:
-        raise ValueError(f"{NAME}: input 'inner_steps' must be at least 1")
-    if settings.learning_rate <= 0:
-        raise ValueError(f"{NAME}: input 'learning_rate' must be positive")
-    if settings.early_stop < 0:
-        raise ValueError(f"{NAME}: input 'early_stop' must be 0 (off) or positive")
-    if settings.early_stop_schedule not in EARLY_STOP_SCHEDULES:
-        raise ValueError(f"{NAME}: input 'early_stop_schedule' must be one of {', '.join(EARLY_STOP_SCHEDULES)}")
+    """Clear errors for inputs the widgets' ranges do not already rule out (NaN among them)."""
+    try:
+        settings.validate()
+    except ValueError as err:
+        raise ValueError(f"{NAME}: {err}") from err
 
 
 def _check_guider(guider: Any, settings: NullTextSettings) -> None:
+    guider_model(guider, NAME)
     conds = getattr(guider, "original_conds", None)
-    if getattr(guider, "model_patcher", None) is None or not isinstance(conds, dict) or "negative" not in conds \
-            or "positive" not in conds or not hasattr(guider, "cfg"):
+    if not isinstance(conds, dict) or "negative" not in conds or "positive" not in conds or not hasattr(guider, "cfg"):
         raise ValueError(f"{NAME}: input 'guider' must be a CFGGuider (source prompt as positive, the empty prompt "
                          "as negative, and the cfg you will edit at)")
     if settings.method != "npi" and math.isclose(float(guider.cfg), 1.0):
         raise ValueError(f"{NAME}: input 'guider' has cfg 1, where null-text optimisation has nothing to correct; "
                          "set the cfg you will edit at (e.g. 7.5)")
+
+
+def check_static_weights(model_patcher: Any, settings: NullTextSettings) -> None:
+    """Refuse gradients through a model loaded by ComfyUI's dynamic VRAM (``ModelPatcherDynamic``, 0.28's default
+    on NVIDIA GPUs).
+
+    Its layers do not compute with their module parameters but with copies streamed to the GPU per call (cast
+    in inference mode, kept in a reused buffer), which ``autograd_ready`` cannot make differentiable; read in
+    ComfyUI 0.28.2's model_patcher.py and ops.py, not yet run on a GPU. NPI needs no gradients and works.
+    """
+    is_dynamic = getattr(model_patcher, "is_dynamic", None)
+    if settings.method != "npi" and callable(is_dynamic) and is_dynamic():
+        raise ValueError(f"{NAME}: input 'method' ({settings.method}) needs gradients through the model, which "
+                         "ComfyUI's dynamic VRAM loading (the default on NVIDIA GPUs) does not give; start ComfyUI "
+                         "with --disable-dynamic-vram, or use method 'npi' (no optimisation)")
 
 
 def check_guidance_distilled(model: Any) -> None:
@@ -517,6 +393,7 @@ def null_text_invert(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: di
     check_settings(settings)
     _check_guider(guider, settings)
     check_guidance_distilled(guider.model_patcher.model)
+    check_static_weights(guider.model_patcher, settings)
     inputs = checked_inputs(guider, sampler, sigmas, latent, NAME)
     run = _NullTextRun(inputs.solver, settings, latent_is_zero=bool(torch.count_nonzero(inputs.samples) == 0))
     z_top = _sample_through(guider, run, torch.zeros_like(inputs.samples), inputs.samples, inputs.grid)

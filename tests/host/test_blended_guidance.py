@@ -99,27 +99,6 @@ def test_token_alignment_maps_equal_and_swapped_tokens_and_leaves_new_ones(host)
     assert align([1, 5, 2], [1, 8, 9, 2]) == [0, -1, -1, 2]  # one word -> two tokens: refinement
 
 
-def test_soft_mask_follows_aidi_normalisation(host):
-    bg = pack("blended_guidance")
-    anchor = torch.tensor([[[[0.0, 0.2, 0.6, 1.0]]]])
-    m = bg.soft_mask(anchor, threshold=0.6, sharpness=10.0, edit_region=True)
-    assert torch.allclose(m[..., 2], torch.tensor(0.5))  # at delta: half on
-    assert float(m[..., 0]) < 1e-4 and float(m[..., 3]) > 1 - 1e-4  # -M and +M at the ends
-    keep = bg.soft_mask(anchor, threshold=0.6, sharpness=10.0, edit_region=False)
-    assert torch.allclose(keep, 1 - m, atol=1e-6)
-    both = bg.blend_region(anchor, 0.6, True) + bg.blend_region(anchor, 0.6, False)
-    assert torch.equal(both, torch.ones_like(anchor))  # the keep region is the edit region's complement
-
-
-def test_ddim_noise_variance_is_ddims(host):
-    bg = pack("blended_guidance")
-    sched = pack("model_adapter").Schedule("vp")
-    s_from, s_to = torch.tensor(2.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
-    abar, abar_prev = 1 / (1 + 4.0), 1 / (1 + 1.0)
-    expected = (1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev)
-    assert abs(float(bg.ddim_noise_variance(sched, s_from, s_to)) - expected) < 1e-12
-
-
 # --- mechanics on a random toy model ---------------------------------------------------------------------------
 
 
@@ -164,11 +143,10 @@ def test_edit_warns_when_the_reconstruction_branch_is_not_the_inversions(node_cl
     with caplog.at_level("WARNING"):
         edit(node_classes, blended(node_classes, model, clip, cfg=2.0), inv)
     assert "Edit from Inversion: the guider's source prompt or cfg (cfg 2) differs" in caplog.text
-    caplog.clear()
-    with caplog.at_level("WARNING"):
-        edit(node_classes, blended(node_classes, model, clip, source_positive=encode(node_classes, clip, TARGET)),
-             inv)
-    assert "differs from the one Invert used" in caplog.text
+    # a source prompt text that is not the conditioning's is refused where it is typed, before any edit runs
+    with pytest.raises(ValueError, match=r"^Blended Guidance Guider: input 'source_prompt' .* is not the prompt "
+                                         r"'source_positive' was encoded from"):
+        blended(node_classes, model, clip, source_positive=encode(node_classes, clip, TARGET))
 
 
 def test_blended_guidance_makes_the_target_scale_local(node_classes, toy):

@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_toy_model import load_random_toy, loader_module
 
+from editing.blend import scale_map
 from toyworld import text as T
 from toyworld import world as W
 
@@ -119,7 +120,6 @@ def test_max_scaling_of_algorithms_md_keeps_the_token_floor_min_max_does_not(hos
     model, clip, vae = EQ.load_model(node_classes, None)
     sigmas = node_classes["BasicScheduler"].execute(model=model, scheduler="normal", steps=25, denoise=1.0).result[0]
     p = EQ.Pipeline(node_classes, model, clip, vae, sigmas, EQ.EvalCounter())
-    guidance = bench.pack_module("blended_guidance")
     batch = W.held_out(6)
     by_max, by_min_max, area = [], [], []
     with torch.inference_mode():
@@ -127,8 +127,8 @@ def test_max_scaling_of_algorithms_md_keeps_the_token_floor_min_max_does_not(hos
             attrs = (int(batch.scene.shape[i]), int(batch.scene.fg[i]), int(batch.scene.bg[i]))
             colour = bench.reconstruction_maps(p, batch.images[i:i + 1], attrs)["colour word"]["all"]
             obj = batch.hard[i, 0].bool()
-            by_max.append(float(capture().iou(guidance.scale_map(colour, "max") > 0.3, obj)))
-            by_min_max.append(float(capture().iou(guidance.scale_map(colour, "min-max") > 0.6, obj)))
+            by_max.append(float(capture().iou(scale_map(colour, "max") > 0.3, obj)))
+            by_min_max.append(float(capture().iou(scale_map(colour, "min-max") > 0.6, obj)))
             area.append(float(obj.float().mean()))
     assert sum(by_max) / 6 < sum(area) / 6 + 0.02, (by_max, area)  # no better than an all-ones mask
     assert sum(by_min_max) / 6 > sum(area) / 6 + 0.4, (by_min_max, area)

@@ -1,0 +1,2 @@
+"""Pure-torch editing maths the nodes call: null-text optimisation (nulltext.py) and blended guidance's masks
+and re-noising (blend.py). Nothing here imports ComfyUI; tests/unit runs it on the Gaussian-mixture bed."""
