@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from .attention_capture import (
     values_from_context,
 )
 from .model_adapter import model_name
-from .prompt_words import word_token_positions
+from .prompt_words import MemoTokenizer, PromptTokens, word_names
 
 SiteKey = tuple[str, str, int, int]  # (layer, block name, block number, transformer index)
 JOINT_CHUNK = 256  # image queries per softmax chunk on joint-attention models
@@ -279,13 +279,14 @@ def supported_families() -> str:
     return "UNet cross-attention (SD1.x, SD2.x, SDXL and their variants) and the DiTs " + ", ".join(dits)
 
 
-def text_layout(model_patcher: Any, node: str) -> TextLayout | None:
+def text_layout(model_patcher: Any, node: str, input_name: str = "model") -> TextLayout | None:
     """The DiT's text layout; None for a UNet (its cross-attention layers are patched one by one).
 
-    Raises a ValueError naming ``node``, the family and what is supported when the pack cannot read the
-    model's text attention.
+    Raises a ValueError naming ``node``, the input, the family and what is supported when the pack cannot read
+    the model's text attention.
     """
     base = model_patcher.model
+    is_unet = all(hasattr(base.diffusion_model, a) for a in ("input_blocks", "middle_block", "output_blocks"))
     if text_attention_sites_of(base.diffusion_model):
         return None
     layout = TEXT_LAYOUTS.get(type(base).__name__)
@@ -294,10 +295,13 @@ def text_layout(model_patcher: Any, node: str) -> TextLayout | None:
         if blocks is not None and len(blocks) and getattr(blocks[0], "flipped_img_txt", False):
             layout = dataclasses.replace(layout, order="image first")  # ComfyUI 0.3.75's HunyuanVideo blocks
         return layout
-    why = UNSUPPORTED_TEXT_ATTENTION.get(type(base).__name__, "the pack does not know where its attention puts "
-                                                            "the prompt's tokens")
-    raise ValueError(f"{node}: the model ({model_name(base)}) is not supported: {why}. Supported: "
-                     f"{supported_families()}")
+    if is_unet:
+        why = "its UNet has no text (cross-)attention layers, so no word of the prompt can be found in it"
+    else:
+        why = UNSUPPORTED_TEXT_ATTENTION.get(type(base).__name__, "the pack does not know where its attention puts "
+                                                                "the prompt's tokens")
+    raise ValueError(f"{node}: input '{input_name}': the model ({model_name(base)}) is not supported: {why}. "
+                     f"Connect a model with text attention the pack reads: {supported_families()}")
 
 
 def text_attention_sites_of(diffusion_model: Any) -> list[tuple[str, str, int, int]]:
@@ -396,35 +400,45 @@ class ContextTokens:
 
 
 def context_positions(clip: Any, prompt: str, word: str, layout: TextLayout | None) -> list[int]:
-    """Context positions of ``word`` in ``prompt`` as the model's text attention sees them.
+    """Context positions of ``word`` in ``prompt`` as the model's text attention sees them (see
+    ``words_context_positions``). Raises ValueError when the word is not in the prompt."""
+    return _positions(clip, prompt, [word.strip()], layout, lambda: None)[word.strip()]
 
-    UNets: ``prompt_words.word_token_positions``. DiTs: the same on ``ContextTokens`` (retried with the word
-    after a space for byte-level BPE), shifted by the template tokens the text encoder keeps before the
-    prompt. Raises ValueError when the word is not in the prompt.
-    """
-    if layout is None:
-        return word_token_positions(clip, prompt, word)
-    try:
-        found = word_token_positions(ContextTokens(clip, layout), prompt, word)
-    except ValueError as err:
+
+def words_context_positions(clip: Any, prompt: str, words: str, layout: TextLayout | None,
+                            check: Callable[[], None] = lambda: None) -> dict[str, list[int]]:
+    """``words`` is comma separated ("dog, collar"); each maps to its context positions. ``check`` runs before
+    each word (Cancel): a list of thousands of words must stop when the user asks."""
+    return _positions(clip, prompt, word_names(words), layout, check)
+
+
+def _positions(clip: Any, prompt: str, names: list[str], layout: TextLayout | None,
+               check: Callable[[], None]) -> dict[str, list[int]]:
+    """UNets: ``prompt_words`` on the CLIP. DiTs: the same on ``ContextTokens`` (a word not found is retried after
+    a space, for byte-level BPE), shifted by the template tokens the text encoder keeps before the prompt.
+    The prompt is tokenized once for all the words."""
+    memo = MemoTokenizer(clip)
+    tokenizer = memo if layout is None else ContextTokens(memo, layout)
+    prompt_tokens = PromptTokens(tokenizer, prompt)
+    shift = 0
+    if layout is not None and layout.template_in_context:
+        tokens = memo.tokenize(prompt)
+        row = tokens.get(layout.token_stream) if layout.token_stream in tokens else next(iter(tokens.values()))
+        shift = _template_end([int(pair[0]) for pair in row[0]], layout.template) if row else 0
+    out: dict[str, list[int]] = {}
+    for word in names:
+        check()
         try:
-            found = word_token_positions(ContextTokens(clip, layout, spaced_word=word.strip()), prompt, word)
-        except ValueError:
-            raise err from None
-    if not layout.template_in_context:
-        return found
-    tokens = clip.tokenize(prompt)
-    row = tokens.get(layout.token_stream) if layout.token_stream in tokens else next(iter(tokens.values()))
-    shift = _template_end([int(pair[0]) for pair in row[0]], layout.template) if row else 0
-    return [p + shift for p in found]
-
-
-def words_context_positions(clip: Any, prompt: str, words: str, layout: TextLayout | None) -> dict[str, list[int]]:
-    """``words`` is comma separated ("dog, collar"); each maps to its positions (see context_positions)."""
-    names = [w.strip() for w in words.split(",") if w.strip()]
-    if not names:
-        raise ValueError("no words given; list one or more words of the prompt, separated by commas")
-    return {w: context_positions(clip, prompt, w, layout) for w in names}
+            found = prompt_tokens.find(tokenizer, word)
+        except ValueError as err:
+            if layout is None:
+                raise
+            try:
+                found = prompt_tokens.find(ContextTokens(memo, layout, spaced_word=word), word)
+            except ValueError:
+                raise err from None
+        out[word] = [p + shift for p in found]
+    return out
 
 
 def joint_records(records: list[AttentionRecord]) -> list[AttentionRecord]:

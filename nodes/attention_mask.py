@@ -9,8 +9,10 @@ averages the words' maps over heads, the chosen resolution and the chosen part o
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
+import comfy.model_management
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
@@ -29,15 +31,26 @@ from .attention_control import (
     token_grid,
     words_context_positions,
 )
-from .common import CATEGORY, Inversion, node_id, solver_for_state
+from .common import CATEGORY, Inversion, check_clip, check_prompt_encodes_to, guider_model, node_id, solver_for_state
 from .model_adapter import model_name, run_edit
 
 NAME = "Attention Mask"
 
 
 def _check_guider(guider: Any) -> None:
-    if not hasattr(guider, "model_patcher") or not hasattr(guider, "sample"):
-        raise ValueError(f"{NAME}: input 'guider' is not a GUIDER; connect the guider you gave Invert")
+    guider_model(guider, NAME, fix="connect the guider you gave Invert")
+
+
+def _check_prompt(guider: Any, clip: Any, prompt: str) -> None:
+    """The words are looked up in ``prompt``; it must be the text of the guider's positive conditioning, or the
+    mask would be of words the guider never saw."""
+    check_clip(clip, NAME, "clip", "the CLIP that encoded the source prompt")
+    if not prompt.strip():
+        raise ValueError(f"{NAME}: input 'prompt' is empty; type the source prompt's text, as in its CLIP Text Encode")
+    positive = (getattr(guider, "original_conds", None) or {}).get("positive") or []
+    context = positive[0].get("cross_attn") if positive and isinstance(positive[0], dict) else None
+    if isinstance(context, torch.Tensor):
+        check_prompt_encodes_to(clip, prompt, context, NAME, "prompt", "the guider's positive")
 
 
 def _guider_with_model(guider: Any, model: Any) -> Any:
@@ -64,12 +77,17 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
                    resolution: str = "all", start: float = 0.0, end: float = 1.0) -> torch.Tensor:
     """(batch, H, W) min-max normalised attention of ``words`` (their tokens summed) at the latent's size."""
     _check_guider(guider)
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (start, end)):
+        raise ValueError(f"{NAME}: inputs 'start' and 'end' must be finite numbers (got {start}, {end}); they are "
+                         "fractions of the reconstruction's steps, e.g. 0 and 1")
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"{NAME}: inputs 'start' and 'end' must satisfy 0 <= start < end <= 1 (got {start}, "
                          f"{end}); they are fractions of the reconstruction's steps")
-    layout = text_layout(guider.model_patcher, NAME)
+    _check_prompt(guider, clip, prompt)
+    layout = text_layout(guider.model_patcher, NAME, "guider")
     try:
-        positions = words_context_positions(clip, prompt, words, layout)
+        positions = words_context_positions(clip, prompt, words, layout,
+                                            check=comfy.model_management.throw_exception_if_processing_interrupted)
     except ValueError as err:
         raise ValueError(f"{NAME}: input 'words': {err}") from err
     tokens = sorted({p for ps in positions.values() for p in ps})

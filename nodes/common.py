@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -54,7 +55,8 @@ def solver_for_state(state: InversionState, node: str, name: str = "inversion") 
 def latent_samples(latent: Any, node: str, name: str = "latent") -> torch.Tensor:
     """The ``samples`` tensor of a LATENT input, checked for shape and finiteness."""
     if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
-        raise ValueError(f"{node}: input '{name}' is not a LATENT (a dict with a 'samples' tensor)")
+        raise ValueError(f"{node}: input '{name}' is not a LATENT (a dict with a 'samples' tensor); connect a VAE "
+                         "Encode of the image (or another node's LATENT output)")
     samples = latent["samples"]
     if samples.is_nested or not is_image_latent_shape(samples.shape):
         video = samples.ndim == 5 and not samples.is_nested and samples.shape[2] > 1
@@ -76,3 +78,63 @@ def check_latent_channels(samples: torch.Tensor, model_patcher: Any, node: str, 
             f"{node}: input '{name}' has {samples.shape[1]} channels but the model expects {expected}; "
             "encode the image with this model's VAE"
         )
+
+
+def guider_model(guider: Any, node: str, name: str = "guider",
+                 fix: str = "connect e.g. a CFGGuider or BasicGuider") -> Any:
+    """The MODEL of a GUIDER input, after checking it is one and its cfg (if any) is a finite number.
+
+    ComfyUI's range check lets NaN through (NaN < min is false): a NaN cfg would invert to NaN silently.
+    """
+    model = getattr(guider, "model_patcher", None)
+    if model is None or not hasattr(guider, "sample"):
+        raise ValueError(f"{node}: input '{name}' is not a GUIDER; {fix}")
+    cfg = getattr(guider, "cfg", None)
+    if isinstance(cfg, (int, float)) and not math.isfinite(cfg):
+        raise ValueError(f"{node}: input '{name}' has cfg {cfg}; set the guider's cfg to a finite number (e.g. 1 "
+                         "to invert, 3-8 to edit)")
+    return model
+
+
+def check_model(model: Any, node: str, name: str = "model") -> None:
+    """A MODEL input is a ModelPatcher (a prompt sent over the API can put any value there)."""
+    if not (hasattr(model, "model") and hasattr(model, "clone") and hasattr(model, "get_model_object")):
+        raise ValueError(f"{node}: input '{name}' is not a MODEL; connect a model loader's MODEL output")
+
+
+def check_clip(clip: Any, node: str, name: str, what: str) -> None:
+    """A CLIP input can at least tokenize (the word search needs no more)."""
+    if not hasattr(clip, "tokenize"):
+        raise ValueError(f"{node}: input '{name}' is not a CLIP; connect {what}")
+
+
+def check_conditioning(conditioning: Any, node: str, name: str) -> None:
+    """A CONDITIONING input is a list of [tensor, dict] pairs."""
+    ok = isinstance(conditioning, list) and conditioning and all(
+        isinstance(c, (list, tuple)) and len(c) == 2 and isinstance(c[0], torch.Tensor) and isinstance(c[1], dict)
+        for c in conditioning)
+    if not ok:
+        raise ValueError(f"{node}: input '{name}' is not a CONDITIONING; connect a CLIP Text Encode output")
+
+
+def check_prompt_encodes_to(clip: Any, prompt: str, context: Any, node: str, name: str, conditioning: str) -> None:
+    """Refuse a prompt text that is not the one the conditioning was encoded from: the words would be looked for
+    in another prompt, and the mask or edit would silently be for it.
+
+    ``context`` is the conditioning's text tensor (or a CONDITIONING); the prompt is encoded with ``clip`` as
+    CLIP Text Encode does and compared (to float rounding).
+    """
+    if not hasattr(clip, "encode_from_tokens_scheduled"):
+        return  # a tokenizer alone (tests of models whose text encoders are not at hand) cannot tell
+    if isinstance(context, list):
+        context = context[0][0]
+    encoded = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0]
+    a, b = encoded.detach().to("cpu", torch.float32), context.detach().to("cpu", torch.float32)
+    if a.shape != b.shape and a.shape[0] == 1 and a.shape[1:] == b.shape[1:]:
+        a = a.expand_as(b)  # one prompt for a batch of images
+    same = a.shape == b.shape and torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+    if not same:
+        shown = prompt if len(prompt) <= 80 else prompt[:80] + "..."
+        raise ValueError(f"{node}: input '{name}' ({shown!r}) is not the prompt '{conditioning}' was encoded from "
+                         f"(encoding it with the connected CLIP gives other text features); type the exact text of "
+                         f"that CLIP Text Encode, and connect the same CLIP")

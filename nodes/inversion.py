@@ -15,6 +15,7 @@ from .common import (
     CATEGORY,
     Inversion,
     check_latent_channels,
+    guider_model,
     latent_samples,
     node_id,
     solver_for_state,
@@ -33,13 +34,6 @@ CHECK = "Round-trip Check"
 SOURCE = "source_latent"
 #: extras key of z_T in LATENT space (the state's own latents are in the sampler's scaled space).
 NOISE = "noise_latent"
-
-
-def _guider_model(guider: Any, node: str) -> Any:
-    model = getattr(guider, "model_patcher", None)
-    if model is None or not hasattr(guider, "sample"):
-        raise ValueError(f"{node}: input 'guider' is not a GUIDER; connect e.g. a CFGGuider or BasicGuider")
-    return model
 
 
 class Invert(io.ComfyNode):
@@ -92,7 +86,7 @@ class InversionInputs:
 
 def checked_inputs(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict, node: str) -> InversionInputs:
     """Check what an inverting node (Invert, Null-text Inversion) is given; log the solver's warnings."""
-    model = _guider_model(guider, node)
+    model = guider_model(guider, node)
     solver = solver_of(sampler, node)
     samples = latent_samples(latent, node)
     check_latent_channels(samples, model, node, "latent")
@@ -150,7 +144,7 @@ class Edit(io.ComfyNode):
 
     @classmethod
     def execute(cls, guider: Any, inversion: Any, sigmas: torch.Tensor | None = None) -> io.NodeOutput:
-        model = _guider_model(guider, EDIT)
+        model = guider_model(guider, EDIT)
         if not isinstance(inversion, InversionState):
             raise ValueError(f"{EDIT}: input 'inversion' must come from Invert or Load Inversion")
         schedule = schedule_for(model, EDIT)
@@ -169,6 +163,7 @@ class Edit(io.ComfyNode):
             logging.warning("%s: %s", EDIT, warning)
         solver = solver_for_state(inversion, EDIT)
         out = run_edit(guider, solver, inversion, EDIT)
+        warnings += list(getattr(guider, "run_warnings", []))  # a guider of ours that could not do all it was asked
         return io.NodeOutput({"samples": out}, ui={"warnings": warnings})  # [] clears the front end's last ones
 
 

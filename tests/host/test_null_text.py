@@ -384,3 +384,24 @@ def test_the_papers_early_stop_does_not_fit_the_embedded_model_tightening_does(s
     tightening, t_info = reconstruction_psnr(shipped_case, early_stop_schedule="tightening", **toy)
     assert g_info["iterations"][-1] == 1 and t_info["iterations"][-1] == 10
     assert tightening > growing + 3.0, (tightening, growing)
+
+
+def test_gradient_methods_refuse_a_dynamic_vram_model_and_npi_runs(node_classes):
+    """ComfyUI 0.28's ModelPatcherDynamic (the NVIDIA default) computes with per-call copies of the weights that
+    autograd cannot use: 'nti' and 'bias_correction' refuse it, naming the fix; 'npi' needs no gradients.
+    (On the CPU ComfyUI never builds one, so a patcher of this test's own stands in, reporting is_dynamic.)"""
+    import comfy.model_patcher
+
+    class Dynamic(comfy.model_patcher.ModelPatcher):
+        def is_dynamic(self) -> bool:
+            return True
+
+    base = make_model(3)
+    model = Dynamic(base.model, load_device=base.load_device, offload_device=base.offload_device)
+    g, sig = guider(node_classes, model, make_cond(1), make_cond(2), 5.0), sigmas(node_classes, model, 3)
+    for method in ("nti", "bias_correction"):
+        with pytest.raises(ValueError, match=rf"^Null-text Inversion: input 'method' \({method}\) needs gradients .* "
+                                             r"--disable-dynamic-vram, or use method 'npi'"):
+            null_text(node_classes, g, ddim(node_classes), sig, random_latent(), method=method)
+    inv, _ = null_text(node_classes, g, ddim(node_classes), sig, random_latent(), method="npi")
+    assert inv.meta["null_text"]["method"] == "npi"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import comfyhost
 import pytest
 from test_toy_model import load_random_toy, loader_module
 from tiny import make_clip
@@ -53,6 +54,33 @@ def test_missing_or_empty_words_are_clear_errors(words, sd1_clip):
         words.word_token_positions(sd1_clip, "a photo of a dog", "cat")
     with pytest.raises(ValueError, match="no tokens of its own"):
         words.word_token_positions(sd1_clip, "a photo of a dog", "  ")
+    control = comfyhost.pack_module("nodes.attention_control")
     with pytest.raises(ValueError, match="no words given"):
-        words.words_token_positions(sd1_clip, "a photo of a dog", " , ")
-    assert words.words_token_positions(sd1_clip, "a photo of a dog", "dog, photo") == {"dog": [5], "photo": [2]}
+        control.words_context_positions(sd1_clip, "a photo of a dog", " , ", None)
+    assert control.words_context_positions(sd1_clip, "a photo of a dog", "dog, photo", None) == {"dog": [5],
+                                                                                                "photo": [2]}
+
+
+def test_a_long_prompt_is_tokenized_once_for_many_words_and_cancel_is_checked_per_word(sd1_clip):
+    """10,000 words of prompt and 5,000 words to find: once tokenized, each word is a lookup (this ran for
+    minutes when the prompt was tokenized again for every word), and Cancel is asked before every word."""
+    control = comfyhost.pack_module("nodes.attention_control")
+    calls = []
+
+    class Counting:
+        def tokenize(self, text, **kwargs):
+            calls.append(text)
+            return sd1_clip.tokenize(text, **kwargs)
+
+    prompt = " ".join(["a photo of a dog on the grass"] * 1250)  # 10,000 words
+    asked = []
+    found = control.words_context_positions(Counting(), prompt, ", ".join(["dog", "grass"] * 2500), None,
+                                            check=lambda: asked.append(1))
+    assert len(found["dog"]) == 1250 and len(asked) == 5000
+    assert calls.count(prompt) == 1 and len(calls) <= 4  # the prompt, "", and each distinct word once
+
+    def cancel():
+        raise InterruptedError
+
+    with pytest.raises(InterruptedError):
+        control.words_context_positions(Counting(), prompt, "dog, grass", None, check=cancel)

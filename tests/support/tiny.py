@@ -82,9 +82,16 @@ def init_weights(module: torch.nn.Module, seed: int) -> None:
                 p.zero_()
 
 
-def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> comfy.model_patcher.ModelPatcher:
-    """A tiny eps-prediction UNet as a MODEL (ModelPatcher)."""
-    cfg = TinySD(TINY_UNET_CONFIG)
+#: the tiny UNet without any attention (no transformer blocks, no text context): a model Blended Guidance and
+#: Attention Mask must refuse
+TINY_UNET_NO_ATTENTION = {**TINY_UNET_CONFIG, "use_spatial_transformer": False, "transformer_depth": [0, 0],
+                          "transformer_depth_output": [0, 0, 0, 0], "transformer_depth_middle": 0, "context_dim": None}
+
+
+def make_model(seed: int = 0, dtype: torch.dtype = torch.float32, attention: bool = True
+               ) -> comfy.model_patcher.ModelPatcher:
+    """A tiny eps-prediction UNet as a MODEL (ModelPatcher); ``attention`` False: without transformer blocks."""
+    cfg = TinySD(TINY_UNET_CONFIG if attention else TINY_UNET_NO_ATTENTION)
     cfg.set_inference_dtype(dtype, None)
     base = cfg.get_model({})
     init_weights(base.diffusion_model, seed)

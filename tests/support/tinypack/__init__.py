@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-_CACHE: dict[int, tuple] = {}
+_CACHE: dict[tuple[int, bool], tuple] = {}
 _CONTROLNET_CACHE: dict[int, object] = {}
 
 
@@ -19,17 +19,20 @@ class TinyCheckpointLoader(io.ComfyNode):
             node_id="ExactInversionTest_TinyCheckpointLoader",
             display_name="Tiny Checkpoint (tests)",
             category="testing",
-            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="Seed of the random weights.")],
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31, tooltip="Seed of the random weights."),
+                    io.Boolean.Input("attention", default=True, optional=True,
+                                     tooltip="Off: a UNet without transformer blocks (no cross-attention).")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
         )
 
     @classmethod
-    def execute(cls, seed: int) -> io.NodeOutput:
-        if seed not in _CACHE:
+    def execute(cls, seed: int, attention: bool = True) -> io.NodeOutput:
+        key = (seed, attention)
+        if key not in _CACHE:
             from tiny import make_clip, make_model, make_vae  # tests/support is on sys.path
 
-            _CACHE[seed] = (make_model(seed), make_clip(seed + 1), make_vae(seed + 2))
-        return io.NodeOutput(*_CACHE[seed])
+            _CACHE[key] = (make_model(seed, attention=attention), make_clip(seed + 1), make_vae(seed + 2))
+        return io.NodeOutput(*_CACHE[key])
 
 
 class TinyControlNetLoader(io.ComfyNode):
