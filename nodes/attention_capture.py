@@ -123,31 +123,47 @@ def text_attention_sites(diffusion_model: torch.nn.Module) -> list[tuple[str, st
     return sites
 
 
-def patch_recorder(model: Any, recorder: AttentionRecorder) -> Any:
-    """A clone of the ModelPatcher ``model`` whose text attention feeds ``recorder``.
+#: ``attend(q, k, v, extra, site, prev)``: runs one text-attention layer; ``prev`` is a replace patch that was
+#: already on the site (another pack's), to be chained, or None
+Attend = Callable[..., torch.Tensor]
 
-    A replace patch already set on a site is called after recording, so its result is kept.
+
+def install_text_attention(model_options: dict[str, Any], diffusion_model: Any, attend: Attend) -> None:
+    """Route every text-attention layer of a UNet through ``attend``, in ``model_options`` (a clone's, or a run's
+    own copy), as ModelPatcher.set_model_attn{1,2}_replace writes them; patches already there are chained.
+
+    The one walk over the sites, shared by recording (Attention Mask, benches) and control (blended guidance).
     """
-    m = model.clone()
-    existing = m.model_options.get("transformer_options", {}).get("patches_replace", {})
-    sites = text_attention_sites(m.model.diffusion_model)
+    options = model_options.setdefault("transformer_options", {})
+    replace = {layer: dict(patches) for layer, patches in options.get("patches_replace", {}).items()}
+    sites = text_attention_sites(diffusion_model)
     if any(layer == "attn1" for layer, *_ in sites):
         # ComfyUI 0.3.75 calls an attn1 replace with value=None in a text-only (disable_self_attn) block unless
         # an attn1_patch set value = context first; this one changes nothing else (self-attention reads n, n).
-        m.set_model_attn1_patch(values_from_context)
+        patches = dict(options.get("patches", {}))
+        patches["attn1_patch"] = [*patches.get("attn1_patch", []), values_from_context]
+        options["patches"] = patches
     for layer, name, number, index in sites:
-        record = recorder.for_layer(layer)
-        prev = existing.get(layer, {}).get((name, number, index)) or existing.get(layer, {}).get((name, number))
-        if prev is None:
-            fn = record
-        else:
-            def fn(q: Any, k: Any, v: Any, extra: Any, record: Any = record, prev: Any = prev) -> Any:
-                record(q, k, v, extra)
-                return prev(q, k, v, extra)
-        if layer == "attn1":
-            m.set_model_attn1_replace(fn, name, number, index)
-        else:
-            m.set_model_attn2_replace(fn, name, number, index)
+        existing = replace.setdefault(layer, {})
+        prev = existing.get((name, number, index)) or existing.get((name, number))
+        site = (layer, name, number, index)
+
+        def fn(q: Any, k: Any, v: Any, extra: Any, site: tuple = site, prev: Any = prev) -> Any:
+            return attend(q, k, v, extra, site, prev)
+
+        existing[(name, number, index)] = fn
+    options["patches_replace"] = replace
+
+
+def patch_recorder(model: Any, recorder: AttentionRecorder) -> Any:
+    """A clone of the ModelPatcher ``model`` whose text attention feeds ``recorder`` (outputs unchanged)."""
+    m = model.clone()
+
+    def attend(q: Any, k: Any, v: Any, extra: Any, site: tuple, prev: Any) -> Any:
+        out = recorder.attend(q, k, v, extra, site[0])
+        return prev(q, k, v, extra) if prev is not None else out
+
+    install_text_attention(m.model_options, m.model.diffusion_model, attend)
     return m
 
 

@@ -25,10 +25,10 @@ from .attention_capture import (
     AttentionRecord,
     attend_with,
     attention_probabilities,
+    install_text_attention,
     spatial_grid,
     stock_attention,
     text_attention_sites,
-    values_from_context,
 )
 from .model_adapter import model_name
 from .prompt_words import MemoTokenizer, PromptTokens, word_names
@@ -472,34 +472,29 @@ def _mask_bias(mask: torch.Tensor | None, rows: slice, image_start: int, n_img: 
 
 def patch_control(model: Any, control: AttentionControl) -> Any:
     """A clone of ``model`` whose text-attention layers run through ``control`` (chaining existing patches)."""
-    if control.layout is not None:
-        control.image_pad_multiple = int(getattr(model.model.diffusion_model, "pad_tokens_multiple", None) or 1)
-        return _patch_joint(model, control)
     m = model.clone()
-    existing = m.model_options.get("transformer_options", {}).get("patches_replace", {})
-    sites = text_attention_sites(m.model.diffusion_model)
-    if any(layer == "attn1" for layer, *_ in sites):
-        m.set_model_attn1_patch(values_from_context)  # see attention_capture.patch_recorder
-    for layer, name, number, index in sites:
-        prev = existing.get(layer, {}).get((name, number, index)) or existing.get(layer, {}).get((name, number))
-        key = (layer, name, number, index)
-
-        def fn(q: Any, k: Any, v: Any, extra: Any, key: SiteKey = key, prev: Any = prev) -> Any:
-            return control.attend(q, k, v, extra, key, prev)
-
-        if layer == "attn1":
-            m.set_model_attn1_replace(fn, name, number, index)
-        else:
-            m.set_model_attn2_replace(fn, name, number, index)
+    install_control(m.model_options, m.model.diffusion_model, control)
     return m
 
 
-def _patch_joint(model: Any, control: AttentionControl) -> Any:
+def install_control(model_options: dict[str, Any], diffusion_model: Any, control: AttentionControl) -> None:
+    """``control`` on every text-attention layer, written into ``model_options`` (a clone's, or a run's own)."""
+    if control.layout is not None:
+        control.image_pad_multiple = int(getattr(diffusion_model, "pad_tokens_multiple", None) or 1)
+        _install_joint(model_options, control)
+        return
+
+    def attend(q: Any, k: Any, v: Any, extra: Any, site: SiteKey, prev: Any) -> Any:
+        return control.attend(q, k, v, extra, site, prev)
+
+    install_text_attention(model_options, diffusion_model, attend)
+
+
+def _install_joint(model_options: dict[str, Any], control: AttentionControl) -> None:
     """DiTs: ComfyUI's ``optimized_attention_override`` (a transformer option) sees every attention call that
     passes the transformer options (Flux's with its block in them); recording reads q and k and leaves the
     call (and its output) alone. An override another pack set is chained."""
-    m = model.clone()
-    options = m.model_options.setdefault("transformer_options", {})
+    options = model_options.setdefault("transformer_options", {})
     prev = options.get("optimized_attention_override")
 
     def override(func: Any, *args: Any, **kwargs: Any) -> Any:
@@ -514,4 +509,3 @@ def _patch_joint(model: Any, control: AttentionControl) -> Any:
         return prev(func, *args, **kwargs) if prev is not None else func(*args, **kwargs)
 
     options["optimized_attention_override"] = override
-    return m

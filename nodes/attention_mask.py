@@ -8,7 +8,6 @@ averages the words' maps over heads, the chosen resolution and the chosen part o
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any
 
@@ -23,8 +22,8 @@ from .attention_control import (
     RESOLUTIONS,
     AttentionControl,
     context_length_of,
+    install_control,
     joint_records,
-    patch_control,
     select_resolution,
     supported_families,
     text_layout,
@@ -51,16 +50,6 @@ def _check_prompt(guider: Any, clip: Any, prompt: str) -> None:
     context = positive[0].get("cross_attn") if positive and isinstance(positive[0], dict) else None
     if isinstance(context, torch.Tensor):
         check_prompt_encodes_to(clip, prompt, context, NAME, "prompt", "the guider's positive")
-
-
-def _guider_with_model(guider: Any, model: Any) -> Any:
-    """A shallow copy of ``guider`` that samples with ``model`` (CFGGuider and its subclasses keep the
-    patcher and its options in these two attributes)."""
-    _check_guider(guider)
-    out = copy.copy(guider)
-    out.model_patcher = model
-    out.model_options = model.model_options
-    return out
 
 
 def _resolution_filter(recorder: AttentionRecorder, resolution: str) -> Any:
@@ -95,9 +84,9 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     control = AttentionControl(tokens, [], phase="record", history=recorder.records, layout=layout,
                                image_grid=token_grid(guider.model_patcher.model.diffusion_model, inversion.shape),
                                context_tokens=context_length_of(guider))
-    patched = patch_control(guider.model_patcher, control)
     solver = solver_for_state(inversion, NAME)
-    run_edit(_guider_with_model(guider, patched), solver, inversion, NAME)
+    run_edit(guider, solver, inversion, NAME,
+             options_hook=lambda options, model: install_control(options, model.diffusion_model, control))
     recorder.records[:] = joint_records(recorder.records)
     sigmas = sorted({r.sigma for r in recorder.records}, reverse=True)  # the reconstruction's steps, noisy first
     if not sigmas:

@@ -28,6 +28,8 @@ from ..solvers import InversionState, Schedule, Solver, StepHook
 from .uncond import PerStepNegatives, UncondSchedule
 
 PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+#: ``hook(model_options, base_model)``: adds patches or wrappers to one run's own model_options
+OptionsHook = Callable[[dict, Any], None]
 
 
 #: ComfyUI's prediction types the solvers model exactly, matched by class, never by subclass: a subclass
@@ -245,10 +247,11 @@ class EditRun(SolverSampler):
     """
 
     def __init__(self, solver: Solver, node: str, latents: dict[str, torch.Tensor],
-                 uncond: UncondSchedule | None = None) -> None:
+                 uncond: UncondSchedule | None = None, options_hook: OptionsHook | None = None) -> None:
         super().__init__(solver, node)
         self.latents = latents
         self.uncond = uncond
+        self.options_hook = options_hook
         self.step_hook: StepHook | None = None
 
     def prepare(self, widen: Callable[[torch.Tensor], torch.Tensor], hook: StepHook) -> None:
@@ -258,6 +261,8 @@ class EditRun(SolverSampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
+        if self.options_hook is not None:  # patches for this run only, in the model_options ComfyUI copied for it
+            self.options_hook(extra_args.setdefault("model_options", {}), model_wrap.inner_model)
         denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
                                                         denoise_mask)
         latents = {k: v.to(noise.device) for k, v in self.latents.items()}
@@ -300,16 +305,18 @@ def run_inversion(guider: Any, solver: Solver, latent: torch.Tensor, sigmas: tor
     return state, z_top
 
 
-def run_edit(guider: Any, solver: Solver, state: InversionState, node: str) -> torch.Tensor:
+def run_edit(guider: Any, solver: Solver, state: InversionState, node: str,
+             options_hook: OptionsHook | None = None) -> torch.Tensor:
     """Run an inverted state back down its own grid through ``guider``; returns a LATENT-space tensor.
 
     Per-step unconditional embeddings stored in the state (null-text inversion, NPI) replace the
-    guider's negative conditioning.
+    guider's negative conditioning. ``options_hook`` patches this run's model_options (Attention Mask's
+    recording), so the guider and its model are used as they are.
     """
     zeros = torch.zeros(state.shape, dtype=torch.float32)
     try:
         uncond = UncondSchedule.from_extras(state.extras, state.sigmas)
     except ValueError as err:
         raise ValueError(f"{node}: input 'inversion' is damaged: its {err}") from err
-    run = EditRun(solver, node, state.latents, uncond)
+    run = EditRun(solver, node, state.latents, uncond, options_hook)
     return _sample_through(guider, run, zeros, zeros, state.sigmas)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import comfy.samplers
 import pytest
 import torch
 from test_toy_attention import capture
@@ -49,10 +52,11 @@ def test_mask_is_the_normalised_mean_of_the_words_maps(node_classes, toy, invert
     guider, inv = inverted
     cap = capture()
     rec = cap.AttentionRecorder([3])  # <bos> a red circle: position 3
-    mod = __import__(cap.__name__.rsplit(".", 1)[0] + ".attention_mask", fromlist=["x"])
+    recording = comfy.samplers.CFGGuider(cap.patch_recorder(guider.model_patcher, rec))  # the same prompts and cfg
+    recording.original_conds = guider.original_conds  # this test's own guider
+    recording.cfg = guider.cfg
     with torch.inference_mode():
-        node_classes["ExactInversion_Edit"].execute(
-            guider=mod._guider_with_model(guider, cap.patch_recorder(guider.model_patcher, rec)), inversion=inv)
+        node_classes["ExactInversion_Edit"].execute(guider=recording, inversion=inv)
     expected = cap.normalise(rec.mean_map((32, 32))[:, 0])
     assert torch.allclose(mask, expected, atol=1e-6)
 
@@ -65,12 +69,15 @@ def test_words_resolution_and_steps_change_the_mask(node_classes, toy, inverted)
         assert other.shape == base.shape and (other - base).abs().max() > 1e-3, kw
 
 
-def test_the_guider_keeps_its_own_model(node_classes, toy, inverted):
+def test_the_guider_and_its_model_are_used_as_they_are(node_classes, toy, inverted):
+    """The recording patches live in the run's own model_options: no copy of the guider, nothing left on it."""
     guider, _ = inverted
-    before = guider.model_patcher
+    before, attributes = guider.model_patcher, dict(vars(guider))
+    options = copy.deepcopy(before.model_options)
     run(node_classes, toy, inverted)
-    assert guider.model_patcher is before
+    assert guider.model_patcher is before and before.model_options == options
     assert "patches_replace" not in before.model_options.get("transformer_options", {})
+    assert {k: v for k, v in vars(guider).items() if k in attributes} .keys() == attributes.keys()
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -1,0 +1,157 @@
+"""The pack changes no ComfyUI object it did not create for the run: not the model, its sampling object or its
+modules' parameters, not the guider, not the guider's conds, not the patcher's options.
+
+Checked while the runs happen (a wrapper of this test's own model takes a snapshot at every model call) and after
+them, for every node that runs the model: Invert and Edit with each solver, Attention Mask, Blended Guidance (its
+guider is the pack's own; the model under it is checked), Null-text Inversion (npi).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import comfy.patcher_extension
+import pytest
+import torch
+from helpers import guider as make_guider
+from helpers import random_latent, sigmas
+from tiny import make_cond, make_model
+
+SOLVERS = {
+    "ddim": ("ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "float64"}),
+    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
+    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
+    "aidi": ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 2, "tol": 1e-8, "window": 2,
+                                          "state_dtype": "float64"}),
+    "ees": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
+}
+#: what ComfyUI's own CFGGuider sets on itself while it samples (outer_sample): not the pack's doing
+COMFY_SAMPLING_ATTRIBUTES = {"inner_model", "conds", "loaded_models", "model_options"}
+
+
+def ids(mapping: dict[str, Any]) -> dict[str, int]:
+    return {k: id(v) for k, v in mapping.items()}
+
+
+class Watch:
+    """Snapshots of the objects a run must leave alone, taken before, during (every model call) and after."""
+
+    def __init__(self, model: Any, guider: Any) -> None:
+        self.model, self.guider = model, guider
+        self.during: list[dict[str, Any]] = []
+        self.options = copy.deepcopy(model.model_options)
+        self.before = self.snapshot()
+        model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_watch", self.wrapper)
+
+    def snapshot(self) -> dict[str, Any]:
+        base = self.model.model
+        guider_attrs = {k: v for k, v in vars(self.guider).items() if k not in COMFY_SAMPLING_ATTRIBUTES}
+        return {
+            "sampling": ids(vars(base.model_sampling)),
+            "sampling type": type(base.model_sampling),
+            "parameters": {n: id(p) for n, p in base.diffusion_model.named_parameters()},
+            "buffers": {n: id(b) for n, b in base.diffusion_model.named_buffers()},
+            "guider": ids(guider_attrs),
+            "original conds": {k: [id(c) for c in v] for k, v in self.guider.original_conds.items()},
+        }
+
+    def wrapper(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
+        snap = self.snapshot()
+        conds = getattr(self.guider, "conds", None)
+        snap["conds"] = (id(conds), ids(conds)) if isinstance(conds, dict) else None  # the run's dict, its entries
+        self.during.append(snap)
+        return executor(*args, **kwargs)
+
+    def check(self) -> None:
+        assert self.during, "the model never ran"
+        for snap in self.during:
+            assert {k: v for k, v in snap.items() if k != "conds"} == self.before
+        per_run: dict[int, set[str]] = {}
+        for snap in self.during:
+            if snap["conds"] is not None:
+                per_run.setdefault(snap["conds"][0], set()).add(repr(snap["conds"][1]))
+        assert all(len(entries) == 1 for entries in per_run.values()), "a run's conds changed while it ran"
+        assert self.snapshot() == self.before
+        self.model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_watch")
+        assert self.model.model_options.keys() == self.options.keys()
+        assert repr(self.model.model_options) == repr(self.options)
+
+
+def sampler(nodes: dict, name: str) -> Any:
+    node, kwargs = SOLVERS[name]
+    return nodes[node].execute(**kwargs).result[0]
+
+
+@pytest.fixture()
+def setup(node_classes):
+    model = make_model(5)
+    guider = make_guider(node_classes, model, make_cond(1), make_cond(2), 3.0)
+    return model, guider, sigmas(node_classes, model, 4)
+
+
+@pytest.mark.parametrize("solver", sorted(SOLVERS))
+def test_invert_and_edit_change_nothing_they_did_not_create(node_classes, setup, solver):
+    model, guider, sig = setup
+    watch = Watch(model, guider)
+    with torch.inference_mode():
+        inv = node_classes["ExactInversion_Invert"].execute(guider=guider, sampler=sampler(node_classes, solver),
+                                                            sigmas=sig, latent=random_latent()).result[0]
+        node_classes["ExactInversion_Edit"].execute(guider=guider, inversion=inv)
+    watch.check()
+
+
+def test_null_text_npi_and_its_edit_change_nothing(node_classes, setup):
+    model, guider, sig = setup
+    watch = Watch(model, guider)
+    with torch.inference_mode():
+        inv = node_classes["ExactInversion_NullTextInversion"].execute(
+            guider=guider, sampler=sampler(node_classes, "edict"), sigmas=sig, latent=random_latent(),
+            method="npi").result[0]
+        node_classes["ExactInversion_Edit"].execute(guider=guider, inversion=inv)  # the per-step negatives
+    watch.check()
+
+
+@pytest.fixture()
+def toy(node_classes):
+    model, clip, _ = node_classes["ExactInversion_ToyModelLoader"].execute(model_file="toy_model.safetensors").result
+    prompt = "a red circle on a green background"
+    pos = node_classes["CLIPTextEncode"]().encode(clip, prompt)[0]
+    neg = node_classes["CLIPTextEncode"]().encode(clip, "")[0]
+    return model, clip, prompt, pos, neg
+
+
+def toy_inversion(node_classes, toy):
+    model, _, _, pos, neg = toy
+    guider = make_guider(node_classes, model, pos, neg, 1.0)
+    latent = {"samples": torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1}
+    with torch.inference_mode():
+        inv = node_classes["ExactInversion_Invert"].execute(guider=guider, sampler=sampler(node_classes, "edict"),
+                                                            sigmas=sigmas(node_classes, model, 3),
+                                                            latent=latent).result[0]
+    return guider, inv
+
+
+def test_attention_mask_changes_nothing(node_classes, toy):
+    """It records through patches in its run's own options, on the guider it is given."""
+    guider, inv = toy_inversion(node_classes, toy)
+    model, clip, prompt, _, _ = toy
+    watch = Watch(model, guider)
+    with torch.inference_mode():
+        node_classes["ExactInversion_AttentionMask"].execute(guider=guider, inversion=inv, clip=clip, prompt=prompt,
+                                                            words="red")
+    watch.check()
+
+
+def test_blended_guidance_leaves_the_model_it_was_given_alone(node_classes, toy):
+    guider, inv = toy_inversion(node_classes, toy)
+    model, clip, prompt, pos, neg = toy
+    watch = Watch(model, guider)
+    target = node_classes["CLIPTextEncode"]().encode(clip, "a yellow circle on a green background")[0]
+    blended = node_classes["ExactInversion_BlendedGuidance"].execute(
+        model=model, source_positive=pos, target_positive=target, negative=neg, clip=clip, source_prompt=prompt,
+        target_prompt="a yellow circle on a green background", anchor="red", local_blend=True, eta=0.3).result[0]
+    with torch.inference_mode():
+        node_classes["ExactInversion_Edit"].execute(guider=blended, inversion=inv)
+    watch.during.append(watch.snapshot() | {"conds": None})  # the blended guider samples a clone: compare after
+    watch.check()
