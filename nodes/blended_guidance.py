@@ -1,6 +1,6 @@
 """Blended Guidance: a GUIDER that edits an inversion strongly where the anchor word is and gently elsewhere.
 
-Why (AIDI §3.3, algorithms.md §4.6): a plain CFG edit pushes every pixel toward the new prompt, so the
+Why (Pan et al., AIDI, ICCV 2023, §3.3): a plain CFG edit pushes every pixel toward the new prompt, so the
 background drifts. This guider runs two branches side by side through ``Edit from Inversion``:
 
 - reconstruction: the source prompt at the inversion's scale w; it rebuilds the image (exactly, for

@@ -1,7 +1,9 @@
 """Null-text inversion, negative-prompt inversion and bias correction: faithful reconstructions at high cfg.
 
-algorithms.md §6 (NTI, NPI) and §7 (latent trajectory optimisation). All three invert the image with
-the source prompt alone (guidance 1, the *pivot*), then make the guider's cfg (e.g. 7.5) follow it:
+Mokady et al., "Null-text Inversion for Editing Real Images" (CVPR 2023, §3); Miyake et al., "Negative-prompt
+Inversion" (WACV 2025, §3); latent trajectory optimisation's bias correction (the noise-bias term with random
+starts). All three invert the image with the source prompt alone (guidance 1, the *pivot*), then make the
+guider's cfg (e.g. 7.5) follow it; the optimisation itself is ``editing/nulltext.py``:
 
 * ``nti`` (Mokady et al.): per grid step, Adam on the unconditional text embedding so that one
   sampling step at the guider's cfg from the reconstructed state lands on the pivot's next state.

@@ -4,7 +4,7 @@
     scripts/py scripts/train_toy.py --out runs/toy --steps 1305 ...      # again: resumes from runs/toy/ckpt.safetensors
     scripts/py scripts/train_toy.py --evaluate models/toy_model.safetensors   # judge an exported model
 
-The recipe is the prototype's (shared/research/toy-model.md) in one phase: batch 64, AdamW lr 8e-4 with
+The recipe (a small text-to-image UNet trained from scratch on the toy world) in one phase: batch 64, AdamW lr 8e-4 with
 100 warm-up steps, gradient clipping 1, EMA 0.995, 10 % caption dropout, and from the first step offset
 noise 0.1 plus 25 % of samples at t in [600, 999] (without them the model reads the background colour
 from the SD schedule's signal leak instead of from the text). The UNet's GroupNorms have 8 groups

@@ -1,4 +1,5 @@
-"""AIDI: DDIM inversion made (nearly) exact by fixed-point iteration (algorithms.md section 4).
+"""AIDI: DDIM inversion made (nearly) exact by fixed-point iteration (Pan et al., "Effective Real Image Editing
+with Accelerated Iterative Diffusion Inversion", ICCV 2023, §3.1-3.2).
 
 Inversion step from r (cleaner) to s (noisier): the exact DDIM inverse is the state z at s whose
 DDIM sampling step lands on x_r, i.e. the fixed point of

@@ -1,4 +1,5 @@
-"""BDIA-DDIM: exactly invertible two-step DDIM (algorithms.md section 3).
+"""BDIA-DDIM: exactly invertible two-step DDIM (Zhang et al., "Exact Diffusion Inversion via Bi-directional
+Integration Approximation", ECCV 2024, §4 and Alg. 1).
 
 With ``e_i`` the model output at state z_i and level t_i, ``Fwd_i`` is the DDIM step t_i -> t_{i-1}
 and ``Bwd_i`` the DDIM step t_i -> t_{i+1}, both with the same ``e_i``. Sampling:

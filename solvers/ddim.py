@@ -1,4 +1,4 @@
-"""DDIM sampling and DDIM inversion (algorithms.md section 1).
+"""DDIM sampling and DDIM inversion (Song, Meng, Ermon, "Denoising Diffusion Implicit Models", ICLR 2021, §4.3).
 
 DDIM is an Euler step in ComfyUI's coordinates along d = (x - x0_hat)/sigma, for vp and flow alike.
 Inversion is approximate: the implicit relation x_s = x_r - (r - s) d(x_s, s) is replaced by an

@@ -1,4 +1,5 @@
-"""EDICT: exactly invertible coupled DDIM (algorithms.md section 2).
+"""EDICT: exactly invertible coupled DDIM (Wallace, Gokul, Naik, "EDICT: Exact Diffusion Inversion via Coupled
+Transformations", CVPR 2023, §3, eqs. 8-11).
 
 Two sequences x, y start equal. Each grid step updates one with the model evaluated on the other,
 then mixes them with weight p; every piece is affine in the sequence being updated, so the step has

@@ -1,4 +1,5 @@
-"""EES(2,5) and EES(2,7): explicit, effectively symmetric Runge-Kutta (algorithms.md section 5).
+"""EES(2,5) and EES(2,7): explicit, effectively symmetric Runge-Kutta (Shmelev et al., "Explicit and
+Effectively Symmetric Runge-Kutta Methods", 2025; tableaux as in kauri and diffrax).
 
 Order 2, but a step followed by the same tableau with the negative step is the identity up to
 O(h^6) (EES25) / O(h^8) (EES27) locally, so invert-then-sample is O(h^5) / O(h^7). Inversion runs

@@ -1,4 +1,4 @@
-"""AIDI: fixed-point DDIM inversion (algorithms.md section 4)."""
+"""AIDI: fixed-point DDIM inversion (Pan et al., ICCV 2023, §3.1-3.2)."""
 
 from __future__ import annotations
 

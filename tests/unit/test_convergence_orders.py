@@ -1,6 +1,6 @@
 """Convergence orders (fitted log-log slopes) and the EES tableaux' reversibility.
 
-Setting of algorithms.md section 12.3: lambda-uniform grids on lambda in [-4, 4] (both ends finite),
+Setting of the closed-form test bed (tests/unit/gmm.py): lambda-uniform grids on lambda in [-4, 4] (both ends finite),
 N = 10 ... 160, float64, w = 1, a high-accuracy DOP853 reference. Slopes are least-squares fits of
 log(error) on log(1/N).
 
