@@ -369,7 +369,8 @@ def reconstruction_psnr(case, **settings) -> tuple[float, dict]:
 
 
 def test_the_papers_early_stop_does_not_fit_the_embedded_model_tightening_does(shipped_case):
-    """Spec finding (Mokady et al., CVPR 2023, §3.2): NTI's threshold 1e-5 + i·2e-5 is a mean squared error of SD latents.
+    """Spec finding (Mokady et al., CVPR 2023, §3.2): NTI's threshold 1e-5 + i·2e-5 is a mean squared error of SD
+    latents.
 
     On the embedded model (a pixel-space latent) no step's loss comes near it, so the paper's early stop
     never fires; and its growing schedule loosens the last steps, whose loss is the reconstruction's own

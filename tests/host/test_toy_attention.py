@@ -107,7 +107,8 @@ def test_shipped_model_word_maps_find_the_object_better_than_an_all_ones_map(hos
 
 
 def test_max_scaling_keeps_the_token_floor_min_max_does_not(host, node_classes):
-    """AIDI's mask (Pan et al., ICCV 2023, §3.3) read as m = M / max(M) (prompt-to-prompt's th = 0.3). On the shipped model a word's
+    """AIDI's mask (Pan et al., ICCV 2023, §3.3) read as m = M / max(M) (prompt-to-prompt's th = 0.3). On the
+    shipped model a word's
     attention has a floor over the whole image: scaled by the max alone, every pixel of the colour word's map
     is above 0.3 and the mask is the whole image; min-max scaling (the guider's) finds the object."""
     sys.path.insert(0, str(REPO / "bench"))

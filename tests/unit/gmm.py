@@ -1,4 +1,5 @@
-"""Closed-form Gaussian-mixture test bed (exact denoisers of Gaussian mixtures at every noise level), shared by tests and bench.
+"""Closed-form Gaussian-mixture test bed (exact denoisers of Gaussian mixtures at every noise level), shared by
+tests and bench.
 
 Data: an isotropic Gaussian mixture in R^d. Under z = alpha * x0 + s * eps (the model's own state)
 E[x0 | z] is exact, so eps*, v* and the flow velocity are the ideal network outputs. ``denoiser``

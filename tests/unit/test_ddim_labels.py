@@ -1,4 +1,5 @@
-"""Timestep-label unit tests on a point mass (DDIM, Song et al. ICLR 2021, §4.3; its "t+1" inversion label as in Mokady et al., CVPR 2023).
+"""Timestep-label unit tests on a point mass (DDIM, Song et al. ICLR 2021, §4.3; its "t+1" inversion label as in
+Mokady et al., CVPR 2023).
 
 For a point-mass data distribution the exact eps is constant along every trajectory, so DDIM
 sampling and current-label DDIM inversion are exact at any step count. Any label off by one grid
