@@ -32,6 +32,7 @@ from .attention_control import (
 )
 from .common import CATEGORY, Inversion, check_clip, check_prompt_encodes_to, guider_model, node_id, solver_for_state
 from .model_adapter import model_name, run_edit
+from .uncond import UNCOND_CONTEXT
 
 NAME = "Attention Mask"
 
@@ -72,6 +73,9 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"{NAME}: inputs 'start' and 'end' must satisfy 0 <= start < end <= 1 (got {start}, "
                          f"{end}); they are fractions of the reconstruction's steps")
+    if UNCOND_CONTEXT in inversion.extras and "negative" not in (getattr(guider, "original_conds", None) or {}):
+        raise ValueError(f"{NAME}: input 'inversion' carries per-step unconditional embeddings (null-text inversion), "
+                         "which replace a guider's negative prompt; connect a CFGGuider (with a negative) as 'guider'")
     _check_prompt(guider, clip, prompt)
     layout = text_layout(guider.model_patcher, NAME, "guider")
     try:
