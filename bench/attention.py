@@ -60,7 +60,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH)]
 
-import edit_quality as EQ  # noqa: E402  (puts the repo and tests/support on the path)
+import edit_quality as EQ  # noqa: E402  (puts the repo on the path)
 import torch  # noqa: E402
 
 from toyworld import judge as J  # noqa: E402
@@ -84,7 +84,7 @@ GUIDER = "ExactInversion_BlendedGuidance"
 
 def pack_module(name: str) -> Any:
     """A module of the pack's nodes package, under the name ComfyUI imported it."""
-    import comfyhost
+    from testbed import comfyhost
 
     return comfyhost.pack_module("nodes." + name)
 

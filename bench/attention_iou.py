@@ -31,7 +31,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path[:0] = [str(BENCH)]
 
-import edit_quality as EQ  # noqa: E402  (puts the repo and tests/support on the path)
+import edit_quality as EQ  # noqa: E402  (puts the repo on the path)
 import torch  # noqa: E402
 
 from toyworld import world as W  # noqa: E402
@@ -84,7 +84,7 @@ def image_maps(nodes: dict[str, Any], model: Any, clip: Any, vae: Any, image: to
 
 def measure(n: int, steps: int, model_path: Path | None = None) -> dict[str, Any]:
     """IoU per word (and per resolution) and the all-ones baseline, over ``held_out(n)``."""
-    import comfyhost
+    from testbed import comfyhost
 
     comfyhost.boot()
     import nodes as comfy_nodes

@@ -56,23 +56,21 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO)]
+sys.path[:0] = [str(REPO)]
 
-import comfyhost  # noqa: E402
 import torch  # noqa: E402
 from overhead import EvalCounter  # noqa: E402  (the same UNet-call counter)
 
+from testbed import comfyhost  # noqa: E402
+from testbed.solver_nodes import SOLVER_NODES as NODES  # noqa: E402
 from toyworld import judge as J  # noqa: E402
 from toyworld import world as W  # noqa: E402
 
 #: solver node and inputs per method (the pack's node defaults, as bench/overhead.py names them)
+#: the solvers at the pack's defaults (testbed.solver_nodes), under the names this bench's records use
 SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "float64"}),
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
-    "aidi_a": ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 3,
-                                            "state_dtype": "float64"}),
-    "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
+    "ddim": NODES["ddim"], "edict": NODES["edict"], "bdia": NODES["bdia"], "aidi_a": NODES["aidi"],
+    "ees25": NODES["ees25"],
 }
 METHODS = list(SOLVER_NODES)
 EDITS = ("shape_colour", "background_colour")

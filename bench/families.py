@@ -1,6 +1,6 @@
 """Which image families of this ComfyUI the pack inverts and edits: a family x feature table, every cell measured.
 
-For each family ComfyUI loads with eps, v or flow sampling (tests/support/tiny_families.py: a tiny model in
+For each family ComfyUI loads with eps, v or flow sampling (testbed/tiny_families.py: a tiny model in
 ComfyUI's own classes, seeded random weights, hand-made conditionings of the family's shapes), through the
 pack's nodes as ComfyUI loaded them:
 
@@ -28,16 +28,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "support")]  # the builders live with the tests for now
+sys.path[:0] = [str(REPO)]
 
-import comfyhost  # noqa: E402
+from testbed import comfyhost  # noqa: E402
+from testbed.solver_nodes import solver_sampler  # noqa: E402
 
 SOURCE, TARGET, ANCHOR = "a photo of a dog on grass", "a photo of a cat on grass", "dog"
-SOLVERS = {
-    "EDICT": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    "BDIA": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
-    "DDIM": ("ExactInversion_DDIMSolver", {"inversion_label": "next", "state_dtype": "float64"}),
-}
 COLUMNS = ["EDICT exact", "BDIA exact", "Attention Mask", "Blended Guidance", "Null-text Inversion"]
 
 
@@ -75,8 +71,8 @@ class Bench:
                                                     denoise=1.0).result[0]
 
     def sampler(self, name: str) -> Any:
-        node, kwargs = SOLVERS[name]
-        return self.nodes[node].execute(**kwargs).result[0]
+        """EDICT and BDIA at their defaults; DDIM with the "next" label for null-text inversion."""
+        return solver_sampler(self.nodes, name.lower(), **({"inversion_label": "next"} if name == "DDIM" else {}))
 
     def invert(self, g: Any, solver: str, steps: int, latent: dict) -> Any:
         return self.nodes["ExactInversion_Invert"].execute(guider=g, sampler=self.sampler(solver),
@@ -185,7 +181,7 @@ def markdown(records: list[dict[str, Any]], version: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     host = comfyhost.boot()
-    import tiny_families as tf
+    from testbed import tiny_families as tf
 
     version = str(getattr(importlib.import_module("comfyui_version"), "__version__", "?"))
     families = [f for f in tf.available() if not args.families or f.name in args.families]

@@ -48,10 +48,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "support")]
+sys.path[:0] = [str(REPO)]
 
-import comfyhost  # noqa: E402
 import torch  # noqa: E402
+
+from testbed import comfyhost  # noqa: E402
 
 STOCK = "stock_flipsigmas_euler"
 
@@ -67,7 +68,7 @@ SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 METHODS = [STOCK, *SOLVER_NODES]
 
-#: UNet shapes (SD1 layout, 64-wide context as tests/support/tiny.py). Eval cost, 1x4x32x32, one thread:
+#: UNet shapes (SD1 layout, 64-wide context as testbed/tiny.py). Eval cost, 1x4x32x32, one thread:
 #: tiny ~30 ms, small ~60 ms, medium ~180 ms at cfg 1 (about twice that at cfg > 1), on a shared CPU.
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {"model_channels": 32, "channel_mult": [1, 2]},
@@ -116,7 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def unet_config(size: str) -> dict[str, Any]:
     """tiny.py's UNet config widened to ``size``: one res block and one transformer per level."""
-    import tiny
+    from testbed import tiny
 
     mult = SIZES[size]["channel_mult"]
     return {
@@ -133,7 +134,8 @@ def make_model(size: str, seed: int) -> Any:
     """A float32 eps-prediction SD1-shaped UNet as a MODEL (ModelPatcher), seeded random weights."""
     import comfy.model_management
     import comfy.model_patcher
-    import tiny
+
+    from testbed import tiny
 
     config = tiny.TinySD(unet_config(size))
     config.set_inference_dtype(torch.float32, None)
@@ -145,7 +147,7 @@ def make_model(size: str, seed: int) -> Any:
 
 def bare_eval_ms(model: Any, shape: tuple[int, ...], batch_factor: int, repeats: int = 10) -> float:
     """Median time of one bare UNet call (no ComfyUI sampling code), batch = shape[0] * batch_factor."""
-    import tiny
+    from testbed import tiny
 
     x = torch.randn(shape[0] * batch_factor, *shape[1:])
     t = torch.full((x.shape[0],), 500.0)
@@ -238,7 +240,7 @@ def make_case(nodes: dict[str, Any], model: Any, args: argparse.Namespace, steps
 
 def make_guider(nodes: dict[str, Any], model: Any, cfg: float, seed: int, batch: int) -> Any:
     """A stock CFGGuider with random (seeded) positive and negative conditioning."""
-    import tiny
+    from testbed import tiny
 
     pos, neg = tiny.make_cond(seed + 1, batch), tiny.make_cond(seed + 2, batch)
     return nodes["CFGGuider"].execute(model=model, positive=pos, negative=neg, cfg=cfg).result[0]

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests" / "unit")]
+sys.path[:0] = [str(REPO)]
 
-import gmm as G  # noqa: E402
 import torch  # noqa: E402
 
 from solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, Schedule, Solver  # noqa: E402
+from testbed import gmm as G  # noqa: E402
 
 METHODS: dict[str, Callable[[str], Solver]] = {
     "ddim": lambda dt: DDIM(state_dtype=dt),

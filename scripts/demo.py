@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "tests" / "support"), str(REPO)]
+sys.path[:0] = [str(REPO)]
 
 WORKFLOW = REPO / "workflows" / "toy_invert_edit.json"
 BLENDED_WORKFLOWS = (REPO / "workflows" / "toy_attention_mask.json", REPO / "workflows" / "toy_blended_edit.json")
@@ -51,8 +51,8 @@ def load_png(path: Path) -> Any:
 
 def run_unchanged(workflow: Path) -> tuple[dict[str, Any], dict[str, Any], float, Path]:
     """Run a workflow file as it is: (API prompt, outputs per node, wall seconds, ComfyUI's work folder)."""
-    import comfyhost
-    from workflow_api import comfy_input_types, ui_to_api
+    from testbed import comfyhost
+    from testbed.workflow_api import comfy_input_types, ui_to_api
 
     booted = comfyhost.boot()
     ui = json.loads(workflow.read_text())
@@ -173,9 +173,9 @@ def judge_results(results: dict[str, dict[str, Any]]) -> None:
 def roundtrip_table() -> list[dict]:
     """DDIM round trip per model type and cfg, through the real nodes (same guider both ways)."""
     import torch
-    from tiny import make_cond, make_model
 
     import nodes
+    from testbed.tiny import make_cond, make_model
 
     m = nodes.NODE_CLASS_MAPPINGS
     base = make_model(0)

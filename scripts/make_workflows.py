@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "support"))
+sys.path.insert(0, str(REPO))
 
 Ref = tuple["Node", int]
 
@@ -507,7 +507,7 @@ def stale(out_dir: Path = REPO / "workflows") -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Write the workflows; with --check, only say which committed files are out of date (exit 1)."""
-    import comfyhost
+    from testbed import comfyhost
 
     comfyhost.boot()
     out_dir = REPO / "workflows"

@@ -1,6 +1,6 @@
 """Write docs/nodes.md, the reference of the pack's nodes, from ComfyUI's own /object_info.
 
-Starts ComfyUI's main.py --cpu with only this pack in custom_nodes (tests/support/comfy_server.py),
+Starts ComfyUI's main.py --cpu with only this pack in custom_nodes (testbed/comfy_server.py),
 reads /object_info and renders every ExactInversion_* node: inputs, outputs, defaults, ranges and
 tooltips, exactly as the front end gets them. The output is deterministic (no ports, no dates).
 
@@ -165,8 +165,8 @@ def render(info: dict[str, Node]) -> str:
 
 def fetch_object_info() -> dict[str, Node]:
     """Start ComfyUI with only this pack (no test pack) and return its /object_info."""
-    sys.path.insert(0, str(REPO / "tests" / "support"))
-    from comfy_server import comfy_server, get_json
+    sys.path.insert(0, str(REPO))
+    from testbed.comfy_server import comfy_server, get_json
 
     with comfy_server(test_pack=False) as server:
         return get_json(server["url"] + "/object_info")

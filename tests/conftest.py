@@ -1,8 +1,9 @@
-"""Shared pytest set-up: tests/support (test bed, tiny models, host boot) is importable."""
+"""Shared pytest set-up: the repo root is importable (the test bed ``testbed``, ``solvers``, ``editing``,
+``toyworld``), however pytest was started."""
 
 import sys
 from pathlib import Path
 
-SUPPORT = Path(__file__).resolve().parent / "support"
-if str(SUPPORT) not in sys.path:
-    sys.path.insert(0, str(SUPPORT))
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))

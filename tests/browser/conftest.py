@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-from browser import Page
-from comfy_server import comfy_server, post_json
+
+from testbed.browser import Page
+from testbed.comfy_server import comfy_server, post_json
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EXACT_INVERSION_ARTIFACTS", REPO / "test_artifacts")) / "browser"

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from comfy_server import get_json, wait_history
-from workflow_api import ui_to_api
+
+from testbed.comfy_server import get_json, wait_history
+from testbed.workflow_api import ui_to_api
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

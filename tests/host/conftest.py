@@ -6,8 +6,9 @@ failure, never a skip. Run through `make test` or `scripts/py -m pytest`, which 
 
 from __future__ import annotations
 
-import comfyhost
 import pytest
+
+from testbed import comfyhost
 
 BOOTED = comfyhost.boot()
 

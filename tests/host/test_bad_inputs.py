@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import check, ddim_sampler, edit, guider, invert, random_latent, sigmas, variant
-from tiny import make_cond, make_model
+
+from testbed.helpers import check, ddim_sampler, edit, guider, invert, random_latent, sigmas, variant
+from testbed.tiny import make_cond, make_model
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,26 @@ import importlib
 
 import pytest
 import torch
-from helpers import guider as cfg_guider
 from PIL import Image
 from test_toy_model import load_random_toy, loader_module
-from tiny import image_tensor, make_clip, make_controlnet, make_flux_cond, make_flux_model, make_model, make_sd3_model
 
+from testbed.helpers import guider as cfg_guider
+from testbed.solver_nodes import FEW_STEPS, solver_sampler
+from testbed.tiny import (
+    image_tensor,
+    make_clip,
+    make_controlnet,
+    make_flux_cond,
+    make_flux_model,
+    make_model,
+    make_sd3_model,
+)
 from toyworld import judge as J
 from toyworld import world as W
 
 NODE = "ExactInversion_BlendedGuidance"
 SOURCE = "a red circle on a green background"
 TARGET = "a yellow circle on a green background"
-SOLVERS = {
-    "ddim": ("ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "float64"}),
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "scaled", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 0.5, "state_dtype": "float64"}),
-    "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
-}
 
 
 def pack(name: str):
@@ -54,8 +57,7 @@ def encode(nodes, clip, text):
 def invert(nodes, model, clip, image, solver="ddim", steps=6, cfg=1.0):
     g = cfg_guider(nodes, model, encode(nodes, clip, SOURCE), encode(nodes, clip, ""), cfg)
     sig = nodes["BasicScheduler"].execute(model=model, scheduler="normal", steps=steps, denoise=1.0).result[0]
-    node, inputs = SOLVERS[solver]
-    sampler = nodes[node].execute(**inputs).result[0]
+    sampler = solver_sampler(nodes, solver, **FEW_STEPS.get(solver, {}))  # the toy workflows' settings
     with torch.inference_mode():
         inv = nodes["ExactInversion_Invert"].execute(guider=g, sampler=sampler, sigmas=sig,
                                                      latent={"samples": image}).result[0]
@@ -102,7 +104,7 @@ def test_token_alignment_maps_equal_and_swapped_tokens_and_leaves_new_ones(host)
 # --- mechanics on a random toy model ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", ["ddim", "edict", "bdia", "ees25"])
 def test_the_reconstruction_branch_is_bit_exact_and_a_same_prompt_edit_reconstructs(node_classes, toy, solver):
     model, clip, _ = toy
     image = W.held_out(1).images
@@ -312,7 +314,7 @@ def test_blended_local_edit_keeps_the_background_better_than_a_plain_edit(node_c
         pos, neg, tgt = (encode(node_classes, clip, t) for t in (source, "", target))
         g = cfg_guider(node_classes, model, pos, neg, 1.0)
         sig = node_classes["BasicScheduler"].execute(model=model, scheduler="normal", steps=15, denoise=1.0).result[0]
-        sampler = node_classes[SOLVERS["ddim"][0]].execute(**SOLVERS["ddim"][1]).result[0]
+        sampler = solver_sampler(node_classes, "ddim")
         with torch.inference_mode():
             inv = node_classes["ExactInversion_Invert"].execute(guider=g, sampler=sampler, sigmas=sig,
                                                                 latent={"samples": image}).result[0]

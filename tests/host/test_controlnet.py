@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import comfy.controlnet
 import torch
-from tiny import make_controlnet
+
+from testbed.tiny import make_controlnet
 
 LOADER = "ExactInversionTest_TinyControlNetLoader"
 

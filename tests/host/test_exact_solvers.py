@@ -8,24 +8,13 @@ import math
 
 import pytest
 import torch
-from helpers import check, edit, guider, invert, random_latent, sigmas, variant
-from images import example_image
-from tiny import image_tensor, make_cond, make_controlnet, make_model
 
-SOLVER_NODES = {
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
-    "bdia094": ("ExactInversion_BDIASolver", {"gamma": 0.94, "state_dtype": "float64"}),
-    "aidi": ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 3,
-                                          "state_dtype": "float64"}),
-    "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
-    "ees27": ("ExactInversion_EESSolver", {"scheme": "EES(2,7)", "state_dtype": "float64"}),
-}
+from testbed.helpers import guider, invert, random_latent, sigmas, variant
+from testbed.images import example_image
+from testbed.solver_nodes import SOLVER_NODES, host_roundtrip, solver_sampler
+from testbed.tiny import image_tensor, make_cond, make_controlnet, make_model
 
-
-def make_sampler(node_classes, name, **override):
-    node, kwargs = SOLVER_NODES[name]
-    return node_classes[node].execute(**{**kwargs, **override}).result[0]
+make_sampler = solver_sampler
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +45,8 @@ def roundtrip_error(node_classes, model, sampler, steps, cfg, batch=1, control=N
     g_invert = controlled_guider(node_classes, model, cfg, control)
     g_edit = controlled_guider(node_classes, model, cfg, control)
     latent = random_latent((batch, 4, 8, 8), seed=7)
-    inv, _ = invert(node_classes, g_invert, sampler, sigmas(node_classes, model, steps), latent)
-    rec = edit(node_classes, g_edit, inv)
-    return check(node_classes, latent, rec).result[1], inv
+    rel, inv, _ = host_roundtrip(node_classes, g_invert, sampler, sigmas(node_classes, model, steps), latent, g_edit)
+    return rel, inv
 
 
 @pytest.mark.parametrize("kind", ["eps", "v", "flow"])
@@ -105,7 +93,7 @@ def test_controlnet_changes_what_the_model_predicts(node_classes, base_model, co
 
 def test_bdia_gamma_094_exact(node_classes, base_model):
     with torch.inference_mode():
-        rel, _ = roundtrip_error(node_classes, base_model, make_sampler(node_classes, "bdia094"), 20, 3.0)
+        rel, _ = roundtrip_error(node_classes, base_model, make_sampler(node_classes, "bdia", gamma=0.94), 20, 3.0)
     assert rel <= 1e-5
 
 

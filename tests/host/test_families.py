@@ -1,6 +1,6 @@
 """Every image family of this ComfyUI with eps, v or flow sampling, as a tiny random model in its own classes.
 
-Per family (tests/support/tiny_families.py): EDICT and BDIA invert -> edit round trips are exact (float32
+Per family (testbed/tiny_families.py): EDICT and BDIA invert -> edit round trips are exact (float32
 model, float64 state); Attention Mask and the Blended Guidance Guider find the anchor word's map in the
 model's text attention, or refuse naming the node, the family and what is supported; Null-text Inversion
 works (NPI with EDICT exact, NTI optimises) or refuses saying why. A family this ComfyUI lacks is skipped
@@ -15,19 +15,17 @@ import re
 from typing import Any
 
 import comfy.samplers
-import comfyhost
 import pytest
-import tiny_families as tf
 import torch
-from helpers import edit, guider, sigmas
+
+from testbed import comfyhost
+from testbed import tiny_families as tf
+from testbed.helpers import edit, guider, sigmas
+from testbed.solver_nodes import solver_sampler
 
 SOURCE, TARGET, ANCHOR = "a photo of a dog on grass", "a photo of a cat on grass", "dog"
 MASK, BLEND, NULL_TEXT = "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance", \
     "ExactInversion_NullTextInversion"
-SOLVERS = {
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
-}
 
 #: families whose text attention the pack cannot read, and the reason its refusal gives
 ATTENTION_REFUSED = {
@@ -103,8 +101,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def sampler(nodes: dict, name: str) -> Any:
-    node, kwargs = SOLVERS[name]
-    return nodes[node].execute(**kwargs).result[0]
+    return solver_sampler(nodes, name)
 
 
 def inversion(nodes: dict, g: Any, family: tf.Family, solver: str = "edict", steps: int = 4) -> tuple[Any, dict]:
@@ -160,7 +157,7 @@ def test_the_tiny_model_predicts_from_the_latent_and_the_prompt(host, family):
 # --- 1. exact round trips -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", list(SOLVERS))
+@pytest.mark.parametrize("solver", ["edict", "bdia"])
 @pytest.mark.parametrize("family", family_params(needs_inversion=False))
 def test_edict_and_bdia_invert_and_edit_back_exactly(node_classes, host, family, solver):
     model = built(family.name)
@@ -299,9 +296,7 @@ def null_text_case(nodes: dict, family: tf.Family) -> tuple[Any, Any, list, list
 
 
 def null_text(nodes: dict, g: Any, solver: str, latent: dict, steps: int = 3, **settings: Any) -> Any:
-    node, kwargs = SOLVERS[solver] if solver in SOLVERS else \
-        ("ExactInversion_DDIMSolver", {"inversion_label": "next", "state_dtype": "float64"})
-    s = nodes[node].execute(**kwargs).result[0]
+    s = solver_sampler(nodes, solver, **({"inversion_label": "next"} if solver == "ddim" else {}))
     with torch.inference_mode():
         return nodes[NULL_TEXT].execute(guider=g, sampler=s, sigmas=sigmas(nodes, g.model_patcher, steps),
                                         latent=latent, **settings).result[0]

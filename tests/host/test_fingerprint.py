@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import comfyhost
 import torch
-from tiny import make_model
+
+from testbed import comfyhost
+from testbed.tiny import make_model
 
 
 def fingerprint_of(model) -> str:

@@ -15,12 +15,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import comfyhost
 import pytest
 import torch
-from hostile_files import METADATA_KEY, apply, json_values, mutations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from testbed import comfyhost
+from testbed.hostile_files import METADATA_KEY, apply, json_values, mutations
 
 SAVE, LOAD = "ExactInversion_SaveInversion", "ExactInversion_LoadInversion"
 #: generated cases per suite and run (the suites check they really ran at least 90% of them); set

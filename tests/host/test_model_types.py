@@ -9,8 +9,9 @@ from __future__ import annotations
 import comfy.model_sampling as ms
 import pytest
 import torch
-from helpers import guider, invert, random_latent, sigmas
-from tiny import make_cond, make_model
+
+from testbed.helpers import guider, invert, random_latent, sigmas
+from testbed.tiny import make_cond, make_model
 
 NODE = "ExactInversion_Invert"
 #: every prediction type of ComfyUI 0.28.2 the pack refuses; the older host lacks some of them

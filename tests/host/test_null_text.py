@@ -11,12 +11,13 @@ import importlib
 import logging
 
 import comfy.model_management
-import comfyhost
 import pytest
 import torch
-from helpers import edit, guider, random_latent, sigmas
-from images import example_image
-from tiny import (
+
+from testbed import comfyhost
+from testbed.helpers import edit, guider, random_latent, sigmas
+from testbed.images import example_image
+from testbed.tiny import (
     image_tensor,
     make_cond,
     make_controlnet,
@@ -298,7 +299,7 @@ def test_bad_inputs_get_messages_that_name_the_input(node_classes, tiny, case):
 
 
 def test_attention_mask_of_a_null_text_inversion_needs_a_guider_with_a_negative(node_classes, tiny):
-    from tiny import make_clip
+    from testbed.tiny import make_clip
 
     model, pos, neg = tiny
     inv = null_text(node_classes, guider(node_classes, model, pos, neg, 7.5), ddim(node_classes),

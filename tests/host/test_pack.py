@@ -1,6 +1,6 @@
 """The pack loads through ComfyUI's own custom-node loader, with every node registered."""
 
-import comfyhost
+from testbed import comfyhost
 
 EXPECTED = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
             "ExactInversion_RoundTripCheck",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-import comfyhost
 import pytest
 from test_toy_model import load_random_toy, loader_module
-from tiny import make_clip
 
+from testbed import comfyhost
+from testbed.tiny import make_clip
 from toyworld import text as T
 from toyworld import world as W
 

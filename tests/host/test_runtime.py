@@ -16,34 +16,18 @@ import comfy.utils
 import pytest
 import torch
 from comfy.cli_args import LatentPreviewMethod, args
-from helpers import check, edit, guider, invert, random_latent, sigmas
 from PIL import Image
-from tiny import make_cond, make_model
 
-SOLVERS = {
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0}),
-}
+from testbed.helpers import edit, guider, invert, random_latent, sigmas
+from testbed.solver_nodes import host_roundtrip, relative, solver_sampler
+from testbed.tiny import make_cond, make_model
+
+SOLVERS = ("bdia", "edict")
 LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def make_solver(node_classes: dict, name: str, state_dtype: str = "float64") -> Any:
-    node, kwargs = SOLVERS[name]
-    return node_classes[node].execute(**kwargs, state_dtype=state_dtype).result[0]
-
-
-def relative(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| in float64."""
-    a64, b64 = a.detach().to(torch.float64), b.detach().to(torch.float64)
-    return float((a64 - b64).norm() / b64.norm())
-
-
-def roundtrip(node_classes: dict, g: Any, sampler: Any, sig: torch.Tensor, latent: dict) -> tuple[float, Any, dict]:
-    """Invert then Edit with the same guider; returns (relative error, inversion, z_T latent)."""
-    with torch.inference_mode():
-        inv, z_top = invert(node_classes, g, sampler, sig, latent)
-        rec = edit(node_classes, g, inv)
-    return check(node_classes, latent, rec).result[1], inv, z_top
+    return solver_sampler(node_classes, name, state_dtype=state_dtype)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +79,8 @@ def test_low_precision_model_really_computes_in_low_precision(node_classes, fp32
 
     with spy_network(model) as seen:
         g = guider(node_classes, model, make_cond(1), make_cond(2), 3.0)
-        roundtrip(node_classes, g, make_solver(node_classes, "bdia"), sigmas(node_classes, model, 4), random_latent())
+        host_roundtrip(node_classes, g, make_solver(node_classes, "bdia"), sigmas(node_classes, model, 4),
+                       random_latent())
     assert seen and set(seen) == {(dtype, dtype)}, set(seen)
 
     # same weights (rounded), same inputs: outputs differ by a few units of the low precision's rounding
@@ -114,7 +99,7 @@ def test_low_precision_model_exact_roundtrip_with_float64_state(node_classes, lo
     """Exact solvers only need the network to be deterministic, not precise: a float64 state suffices."""
     dtype, model = low_model
     g = guider(node_classes, model, make_cond(1), make_cond(2), cfg)
-    rel, inv, _ = roundtrip(node_classes, g, make_solver(node_classes, solver), sigmas(node_classes, model, 8),
+    rel, inv, _ = host_roundtrip(node_classes, g, make_solver(node_classes, solver), sigmas(node_classes, model, 8),
                             random_latent(seed=7))
     assert all(t.dtype == torch.float64 for t in inv.latents.values())
     assert rel <= 1e-5, (dtype, solver, cfg, rel)
@@ -125,7 +110,7 @@ def test_low_precision_model_float32_state_reported(node_classes, low_model, sol
     """A float32 state makes no exactness claim; its error is recorded and must be a number."""
     dtype, model = low_model
     g = guider(node_classes, model, make_cond(1), make_cond(2), 3.0)
-    rel, inv, _ = roundtrip(node_classes, g, make_solver(node_classes, solver, "float32"),
+    rel, inv, _ = host_roundtrip(node_classes, g, make_solver(node_classes, solver, "float32"),
                             sigmas(node_classes, model, 8), random_latent(seed=7))
     record_property(f"float32_state_relative_error_{dtype}_{solver}", rel)
     assert all(t.dtype == torch.float32 for t in inv.latents.values())
@@ -177,7 +162,7 @@ def test_interrupt_within_one_model_evaluation(node_classes, fp32_model, solver,
     latent = random_latent(seed=5)
     sampler = make_solver(node_classes, solver)
 
-    _, clean_inv, clean_z = roundtrip(node_classes, g, sampler, sig, latent)
+    _, clean_inv, clean_z = host_roundtrip(node_classes, g, sampler, sig, latent)
     per_run = counter.calls
     assert per_run >= 2 * 8 - 1  # one batched (cond + uncond) evaluation per step each way; BDIA's edit has 7
     try:
@@ -200,7 +185,7 @@ def test_interrupt_within_one_model_evaluation(node_classes, fp32_model, solver,
 
     # a new run after the interrupt behaves exactly like the one before it
     before = counter.calls
-    rel, inv, z_top = roundtrip(node_classes, g, sampler, sig, latent)
+    rel, inv, z_top = host_roundtrip(node_classes, g, sampler, sig, latent)
     assert counter.calls - before == per_run
     assert rel <= 1e-5, rel
     assert torch.equal(z_top["samples"], clean_z["samples"])

@@ -7,23 +7,14 @@ import os
 import shutil
 from pathlib import Path
 
-import comfyhost
 import pytest
 import safetensors.torch
 import torch
-from helpers import edit, guider, invert, random_latent, sigmas
-from tiny import make_cond, make_model
 
-SOLVERS = {
-    "ddim": ("ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "float64"}),
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
-}
-
-
-def sampler(node_classes, name):
-    node, kwargs = SOLVERS[name]
-    return node_classes[node].execute(**kwargs).result[0]
+from testbed import comfyhost
+from testbed.helpers import edit, guider, invert, random_latent, sigmas
+from testbed.solver_nodes import solver_sampler
+from testbed.tiny import make_cond, make_model
 
 
 def save(node_classes, inversion, prefix="tests/inv"):
@@ -48,15 +39,15 @@ def world(host, node_classes):
     sig = sigmas(node_classes, model, 8)
     latent = random_latent(seed=3)
     with torch.inference_mode():
-        inv, _ = invert(node_classes, src, sampler(node_classes, "edict"), sig, latent)
+        inv, _ = invert(node_classes, src, solver_sampler(node_classes, "edict"), sig, latent)
     name = save(node_classes, inv).result[0]
     return {"model": model, "src": src, "tgt": tgt, "sigmas": sig, "latent": latent, "inv": inv, "name": name}
 
 
-@pytest.mark.parametrize("solver", sorted(SOLVERS))
+@pytest.mark.parametrize("solver", ["bdia", "ddim", "edict"])
 def test_save_load_edit_is_bit_identical(host, node_classes, world, solver):
     with torch.inference_mode():
-        inv, z_top = invert(node_classes, world["src"], sampler(node_classes, solver), world["sigmas"],
+        inv, z_top = invert(node_classes, world["src"], solver_sampler(node_classes, solver), world["sigmas"],
                             world["latent"])
         name = save(node_classes, inv, f"tests/{solver}").result[0]
         loaded = load(node_classes, name)
@@ -93,7 +84,7 @@ def test_fingerprints_tell_models_and_prompts_apart(node_classes, world):
     def fingerprints(model, pos=1, cfg=1.0):
         g = guider(node_classes, model, make_cond(pos), make_cond(2), cfg)
         with torch.inference_mode():
-            inv, _ = invert(node_classes, g, sampler(node_classes, "ddim"), world["sigmas"], world["latent"])
+            inv, _ = invert(node_classes, g, solver_sampler(node_classes, "ddim"), world["sigmas"], world["latent"])
         outputs.append(inv.latents["x"])
         return inv.meta["model"]["id"], inv.meta["conditioning"]["id"]
 
@@ -302,7 +293,7 @@ def test_wrong_model_refused_unless_allowed(node_classes, world):
 
 
 def test_wrong_prediction_type_refused(node_classes, world):
-    from helpers import variant
+    from testbed.helpers import variant
 
     v_model = variant(node_classes, world["model"], "v")  # same weights, v-prediction: another model
     g = guider(node_classes, v_model, make_cond(1), make_cond(2), 1.0)
@@ -489,7 +480,7 @@ def test_broken_entries_are_skipped_logged_and_refused(host, node_classes, world
 
 def rewrite_raw(host, name, new_name, tensors_change=None, header_text=None):
     """Copy a saved file into input with changed tensors (digests recomputed) and/or raw metadata text."""
-    from hostile_files import header_digest as careless_digest
+    from testbed.hostile_files import header_digest as careless_digest
 
     state_module = pack_state_module()
     with safetensors.safe_open(str(path_of(host, name)), "pt") as f:

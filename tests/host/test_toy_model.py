@@ -10,14 +10,14 @@ import json
 import os
 from pathlib import Path
 
-import comfyhost
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from helpers import guider, sigmas
 
 import toyworld
+from testbed import comfyhost
+from testbed.helpers import guider, sigmas
 from toyworld import model as toy
 from toyworld.world import to_unit
 
@@ -358,8 +358,9 @@ def test_comfy_model_detection_untouched(loaded):
 
 def test_stock_graph_through_the_executor(host, folder):
     """Loader -> CLIPTextEncode -> KSampler -> VAEDecode -> SaveImage, validated and run as the server would."""
-    import comfyhost
     from PIL import Image
+
+    from testbed import comfyhost
 
     prompt = {
         "1": {"class_type": NODE, "inputs": {"model_file": "toy_model.safetensors"}},

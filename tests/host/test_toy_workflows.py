@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import comfyhost
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from test_workflows import WORKFLOWS_BY_NAME, api_prompt
 
+from testbed import comfyhost
 from toyworld import judge as J
 from toyworld import world as W
 

@@ -11,11 +11,12 @@ import os
 import re
 from pathlib import Path
 
-import comfyhost
 import numpy as np
 import pytest
 from PIL import Image
-from workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api, upstream_solvers
+
+from testbed import comfyhost
+from testbed.workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api, upstream_solvers
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

@@ -5,7 +5,7 @@ wrong sockets, path-escaping file names. The design asks that each error is a Va
 node, the input and the fix, that nothing is written outside ComfyUI's folders, and that one bad
 prompt never spoils the next. A case fails when the pack answers with a raw Python error, or when it
 silently succeeds (a NaN or a wrong result): those failures are the list of things to fix.
-The cases live in tests/support/hostile_prompts.py; their ids say what each one sends.
+The cases live in testbed/hostile_prompts.py; their ids say what each one sends.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from comfy_server import comfy_server, get_json, post_json, wait_history
-from hostile_prompts import (
+
+from testbed.comfy_server import comfy_server, get_json, post_json, wait_history
+from testbed.hostile_prompts import (
     Case,
     Context,
     Refusal,

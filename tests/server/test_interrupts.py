@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from comfy_server import comfy_server, get_json, listen_ws, post_json, wait_history
-from hostile_prompts import BLENDED_DEFAULTS, SOURCE, Graph, edict, invert, node, toy_base
+
+from testbed.comfy_server import comfy_server, get_json, listen_ws, post_json, wait_history
+from testbed.hostile_prompts import BLENDED_DEFAULTS, SOURCE, Graph, edict, invert, node, toy_base
 
 #: What the issue asks: a run stops within about a second of CPU time after Cancel.
 ISSUE_LIMIT_CPU = 1.0

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from comfy_server import comfy_server, get_json
+
+from testbed.comfy_server import comfy_server, get_json
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "nodes.md"

@@ -13,8 +13,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from comfy_server import comfy_server, get_json, run_prompt
-from workflow_api import TINY_LOADERS, swap_loaders, ui_to_api, upstream_solvers
+
+from testbed.comfy_server import comfy_server, get_json, run_prompt
+from testbed.workflow_api import TINY_LOADERS, swap_loaders, ui_to_api, upstream_solvers
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))

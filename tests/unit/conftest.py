@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))  # `import gmm` under any pytest import mode
-
-import gmm as G  # noqa: E402
+from testbed import gmm as G
 
 torch.set_num_threads(1)
 

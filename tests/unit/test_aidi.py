@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import AIDI, DDIM, Schedule
 from solvers.fixed_point import anderson_weights, solve_fixed_point
+from testbed import gmm as G
 
 
 def linear_map(mu: float):

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import BDIA, DDIM, EDICT, EES25, Schedule, bdia_guard
+from testbed import gmm as G
 
 CFGS = [1.0, 3.0, 7.5]
-
-
-def roundtrip(solver, den, x0, grid, sched) -> float:
-    return G.rel_error(solver.sample(den, solver.invert(den, x0, grid, sched), grid, sched), x0)
 
 
 @pytest.mark.parametrize("prediction", ["eps", "v", "flow"])
@@ -20,19 +16,19 @@ def test_ddim_error_grows_with_cfg_exact_methods_do_not(bed, prediction) -> None
     grid = G.comfy_grid(prediction, 50)
     sched = Schedule.for_prediction(prediction)
     x0 = bed.clean(prediction, grid)
-    ddim = [roundtrip(DDIM(), bed.denoiser(prediction, w), x0, grid, sched) for w in CFGS]
+    ddim = [G.roundtrip(DDIM(), bed.denoiser(prediction, w), x0, grid, sched) for w in CFGS]
     assert ddim[0] < ddim[1] < ddim[2], ddim
     assert ddim[0] > 1e-3
     for solver in (EDICT(), BDIA(1.0), BDIA(0.94)):
         for w in CFGS:
-            assert roundtrip(solver, bed.denoiser(prediction, w), x0, grid, sched) <= 1e-12
+            assert G.roundtrip(solver, bed.denoiser(prediction, w), x0, grid, sched) <= 1e-12
 
 
 def test_ees_defect_grows_with_cfg(bed) -> None:
     """The near-reversibility of EES degrades with the CFG stiffness (section 12.3 #10)."""
     grid = G.lambda_grid("eps", 50)
     sched, x0 = Schedule("vp"), bed.clean("eps", G.lambda_grid("eps", 50))
-    errs = [roundtrip(EES25(), bed.denoiser("eps", w), x0, grid, sched) for w in CFGS]
+    errs = [G.roundtrip(EES25(), bed.denoiser("eps", w), x0, grid, sched) for w in CFGS]
     assert errs[0] < errs[1] < errs[2] and errs[0] < 1e-6
 
 

@@ -1,6 +1,6 @@
 """Convergence orders (fitted log-log slopes) and the EES tableaux' reversibility.
 
-Setting of the closed-form test bed (tests/unit/gmm.py): lambda-uniform grids on lambda in [-4, 4] (both ends finite),
+Setting of the closed-form test bed (testbed/gmm.py): lambda-uniform grids on lambda in [-4, 4] (both ends finite),
 N = 10 ... 160, float64, w = 1, a high-accuracy DOP853 reference. Slopes are least-squares fits of
 log(error) on log(1/N).
 
@@ -19,12 +19,12 @@ from __future__ import annotations
 import functools
 import math
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import BDIA, DDIM, EES25, EES27, Schedule
 from solvers.ees import ees25_tableau, ees27_tableau
+from testbed import gmm as G
 
 NS = [10, 20, 40, 80, 160]
 

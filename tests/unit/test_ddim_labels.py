@@ -8,13 +8,13 @@ index (the "t+1" variant, or evaluating at the wrong grid index) breaks that.
 
 from __future__ import annotations
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, Schedule
 from solvers.base import derivative
 from solvers.ddim import ddim_step
+from testbed import gmm as G
 
 PREDICTIONS = ["eps", "v", "flow"]
 
@@ -40,26 +40,22 @@ def point_mass_case(prediction):
     return G.denoiser(prediction, pm), grid, x0, Schedule.for_prediction(prediction)
 
 
-def roundtrip(solver, den, grid, x0, sched) -> float:
-    return G.rel_error(solver.sample(den, solver.invert(den, x0, grid, sched), grid, sched), x0)
-
-
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_current_label_is_exact_on_point_mass(prediction) -> None:
     den, grid, x0, sched = point_mass_case(prediction)
-    assert roundtrip(DDIM("current"), den, grid, x0, sched) <= 1e-12
+    assert G.roundtrip(DDIM("current"), den, x0, grid, sched) <= 1e-12
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_next_label_is_not(prediction) -> None:
     den, grid, x0, sched = point_mass_case(prediction)
-    assert roundtrip(DDIM("next"), den, grid, x0, sched) > 1e-3
+    assert G.roundtrip(DDIM("next"), den, x0, grid, sched) > 1e-3
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_off_by_one_ddim_is_caught(prediction) -> None:
     den, grid, x0, sched = point_mass_case(prediction)
-    assert roundtrip(OffByOneDDIM(), den, grid, x0, sched) > 1e-3
+    assert G.roundtrip(OffByOneDDIM(), den, x0, grid, sched) > 1e-3
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -78,7 +74,7 @@ def test_ddim_sampling_exact_on_point_mass(prediction) -> None:
 @pytest.mark.parametrize("solver", [EDICT(), BDIA(), BDIA(0.94)], ids=["edict", "bdia", "bdia094"])
 def test_exact_solvers_on_point_mass(prediction, solver) -> None:
     den, grid, x0, sched = point_mass_case(prediction)
-    assert roundtrip(solver, den, grid, x0, sched) <= 1e-12
+    assert G.roundtrip(solver, den, x0, grid, sched) <= 1e-12
 
 
 ON_GRID = {"ddim": DDIM, "ddim_next": lambda: DDIM("next"), "edict": EDICT, "bdia": BDIA, "aidi": AIDI}

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 
-import gmm as G
 import pytest
 import torch
 
 from editing import blend
 from editing import nulltext as N
 from solvers import DDIM, Schedule
+from testbed import gmm as G
 
 # --- blended guidance --------------------------------------------------------------------------------------
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import EES25, EES27, Schedule
-
-
-def roundtrip(solver, den, x0, grid, sched) -> float:
-    return G.rel_error(solver.sample(den, solver.invert(den, x0, grid, sched), grid, sched), x0)
+from testbed import gmm as G
 
 
 @pytest.mark.parametrize("cls, stages", [(EES25, 3), (EES27, 4)])
@@ -48,8 +44,8 @@ def test_clean_step_implicit_vs_explicit(bed, cls, prediction) -> None:
     grid = G.comfy_grid(prediction, 50)
     sched, den, x0 = Schedule.for_prediction(prediction), bed.denoiser(prediction), bed.clean(prediction, grid)
     implicit, explicit = cls(), cls(clean_step="explicit")
-    e_imp = roundtrip(implicit, den, x0, grid, sched)
-    e_exp = roundtrip(explicit, den, x0, grid, sched)
+    e_imp = G.roundtrip(implicit, den, x0, grid, sched)
+    e_exp = G.roundtrip(explicit, den, x0, grid, sched)
     implicit_stats = implicit.invert(den, x0, grid, sched).stats
     assert [st["step"] for st in implicit_stats] == [0] and implicit_stats[0]["converged"]  # the step from 0
     assert explicit.invert(den, x0, grid, sched).stats == []
@@ -67,18 +63,18 @@ def test_flow_time_variables(bed) -> None:
     assert sig.resolved_time(sched) == "sigma" and lam.resolved_time(sched) == "lambda"
     assert not any("sigma = 1" in w for w in sig.warnings(grid, sched))
     assert any("sigma = 1" in w for w in lam.warnings(grid, sched))
-    e_sig, e_lam = roundtrip(sig, den, x0, grid, sched), roundtrip(lam, den, x0, grid, sched)
+    e_sig, e_lam = G.roundtrip(sig, den, x0, grid, sched), G.roundtrip(lam, den, x0, grid, sched)
     assert e_sig < 1e-6 and e_lam > 10 * e_sig
     # on a grid inside (0, 1) both variables are near-reversible
     inner = G.lambda_grid("flow", 30)
     x0 = bed.clean("flow", inner)
-    assert roundtrip(lam, den, x0, inner, sched) < 1e-6
+    assert G.roundtrip(lam, den, x0, inner, sched) < 1e-6
 
 
 def test_vp_sigma_time_also_works(bed) -> None:
     grid = G.lambda_grid("eps", 40)
     sched, den, x0 = Schedule("vp"), bed.denoiser("eps"), bed.clean("eps", grid)
-    assert roundtrip(EES25(time_variable="sigma"), den, x0, grid, sched) < 1e-5
+    assert G.roundtrip(EES25(time_variable="sigma"), den, x0, grid, sched) < 1e-5
 
 
 @pytest.mark.parametrize("cls", [EES25, EES27])
@@ -89,7 +85,7 @@ def test_float32_state(bed, cls) -> None:
     solver = cls(state_dtype="float32")
     lat = solver.invert(den, x0, grid, sched)
     assert lat["x"].dtype == torch.float32
-    assert roundtrip(solver, den, x0, grid, sched) < 1e-5
+    assert G.roundtrip(solver, den, x0, grid, sched) < 1e-5
 
 
 def test_callbacks(bed) -> None:

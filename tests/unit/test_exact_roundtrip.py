@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import json
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import BDIA, EDICT, SOLVERS, Schedule
+from testbed import gmm as G
 
 PREDICTIONS = ["eps", "v", "flow"]
 STEPS = [10, 20, 50]
@@ -31,15 +31,6 @@ EXACT = {
 }
 
 
-def roundtrip(solver, den, x0, sigmas, prediction) -> float:
-    sched = Schedule.for_prediction(prediction)
-    latents = solver.invert(den, x0, sigmas, sched)
-    assert set(latents) == set(solver.latent_names)
-    out = solver.sample(den, latents, sigmas, sched)
-    assert out.dtype == solver.state_dtype
-    return G.rel_error(out, x0)
-
-
 @pytest.mark.parametrize("method", list(EXACT))
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("steps", STEPS)
@@ -47,7 +38,8 @@ def test_roundtrip_float64(bed, method: str, prediction, steps: int) -> None:
     for grid in (G.comfy_grid(prediction, steps), G.lambda_grid(prediction, steps)):
         x0 = bed.clean(prediction, grid)
         for w in CFGS:
-            err = roundtrip(EXACT[method]("float64"), bed.denoiser(prediction, w), x0, grid, prediction)
+            err = G.roundtrip(EXACT[method]("float64"), bed.denoiser(prediction, w), x0, grid,
+                             Schedule.for_prediction(prediction))
             assert err <= 1e-12, (method, prediction, steps, w, float(grid[-1]), err)
 
 
@@ -60,7 +52,7 @@ def test_roundtrip_float32(bed, method: str, prediction, steps: int) -> None:
     x0 = bed.clean(prediction, grid).float()
     for w in CFGS:
         den = bed.denoiser(prediction, w, model_dtype=torch.float32)
-        err = roundtrip(EXACT[method]("float32"), den, x0, grid, prediction)
+        err = G.roundtrip(EXACT[method]("float32"), den, x0, grid, Schedule.for_prediction(prediction))
         assert err <= 1e-5, (method, prediction, steps, w, err)
 
 
@@ -70,7 +62,7 @@ def test_exact_with_float32_model_in_float64_state(bed, method: str) -> None:
     grid = G.comfy_grid("eps", 20)
     x0 = bed.clean("eps", grid)
     den = bed.denoiser("eps", 3.0, model_dtype=torch.float32)
-    assert roundtrip(EXACT[method]("float64"), den, x0, grid, "eps") <= 1e-12
+    assert G.roundtrip(EXACT[method]("float64"), den, x0, grid, Schedule.for_prediction("eps")) <= 1e-12
 
 
 def test_edict_float32_lambda_grid(bed) -> None:
@@ -82,15 +74,15 @@ def test_edict_float32_lambda_grid(bed) -> None:
     fixed, scaled = EDICT(state_dtype="float32"), EDICT(p_rule="scaled", state_dtype="float32")
     assert any("amplify rounding" in w for w in fixed.warnings(grid, sched))
     assert scaled.warnings(grid, sched) == []
-    assert roundtrip(scaled, den, x0, grid, "eps") <= 1e-5
-    assert roundtrip(fixed, den, x0, grid, "eps") <= 1e-3  # the warned-about gain, not a failure
+    assert G.roundtrip(scaled, den, x0, grid, Schedule.for_prediction("eps")) <= 1e-5
+    assert G.roundtrip(fixed, den, x0, grid, Schedule.for_prediction("eps")) <= 1e-3  # the warned-about gain
 
 
 @pytest.mark.parametrize("method", list(EXACT))
 def test_one_step_grid(bed, method: str) -> None:
     grid = torch.tensor([3.0, 0.0], dtype=torch.float64)
     x0 = bed.clean("eps", grid)
-    assert roundtrip(EXACT[method]("float64"), bed.denoiser("eps", 3.0), x0, grid, "eps") <= 1e-13
+    assert G.roundtrip(EXACT[method]("float64"), bed.denoiser("eps", 3.0), x0, grid, Schedule("vp")) <= 1e-13
 
 
 def test_edict_scaled_p() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import Schedule
+from testbed import gmm as G
 
 
 def test_x0_mean_matches_monte_carlo() -> None:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, SOLVERS, Schedule
+from testbed import gmm as G
 
 ALL = [DDIM, EDICT, BDIA, AIDI, EES25, EES27]
 

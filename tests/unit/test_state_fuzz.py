@@ -1,6 +1,6 @@
 """Property-based: a mutated inversion (flat form) loads correctly or is refused, never anything else.
 
-Mutations (tests/support/hostile_files.py): header fields replaced, deleted or nested deep (types,
+Mutations (testbed/hostile_files.py): header fields replaced, deleted or nested deep (types,
 NaN/inf, huge numbers, missing and extra keys), metadata text deep, truncated or not JSON, tensors
 with other dtypes and shapes, non-finite or disordered values, dropped or added; each optionally
 resealed (digests, lists and header checksum recomputed) so the deeper checks are reached too.
@@ -13,12 +13,12 @@ import os
 from collections import Counter
 
 import torch
-from hostile_files import apply, mutations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from solvers import InversionState
 from solvers.state import LATENT_DTYPES, METADATA_KEY, StateFormatError, check_state, from_flat, to_flat
+from testbed.hostile_files import apply, mutations
 
 #: generated cases per run; EXACT_INVERSION_FUZZ_SCALE (e.g. 10) runs more of them, still from the fixed seed.
 EXAMPLES = int(800 * float(os.environ.get("EXACT_INVERSION_FUZZ_SCALE", "1")))

@@ -91,7 +91,7 @@ def test_nan_refused_even_with_valid_checksums():
 
 def resealed(tensors, header):
     """Flat form whose digests and header checksum were recomputed after an edit (a consistent but wrong file)."""
-    from hostile_files import header_digest as careless_digest
+    from testbed.hostile_files import header_digest as careless_digest
 
     header = dict(header, digests={k: tensor_digest(v) for k, v in tensors.items()})
     header["header_digest"] = careless_digest(header)

@@ -8,11 +8,11 @@ and a hook that copies one branch into the other makes them identical for every 
 
 from __future__ import annotations
 
-import gmm as G
 import pytest
 import torch
 
 from solvers import SOLVERS, Schedule
+from testbed import gmm as G
 
 STEPS = 8
 SCHEDULE = Schedule.for_prediction("eps")

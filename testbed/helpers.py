@@ -1,4 +1,4 @@
-"""Small helpers shared by the host tests (graph pieces built with the real nodes)."""
+"""Graph pieces built with the real nodes, shared by the host tests and benches (tiny models, stock guiders)."""
 
 from __future__ import annotations
 

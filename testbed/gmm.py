@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -265,3 +265,16 @@ class Bed:
     def noisy(self, prediction: Prediction, sigmas: torch.Tensor) -> torch.Tensor:
         """A start for sampling: the data noised to the grid's top level."""
         return noised(self.data, self.noise, prediction, float(sigmas[0]))
+
+
+def roundtrip(solver: Any, den: Denoiser, x0: Tensor, grid: Tensor, schedule: Schedule) -> float:
+    """Relative error of ``sample(invert(x0))`` for a solver on a denoiser: the unit layer's round trip.
+
+    Checks what every round trip relies on: ``invert`` returns exactly the solver's named latents, and
+    ``sample`` returns the state's dtype.
+    """
+    latents = solver.invert(den, x0, grid, schedule)
+    assert set(latents) == set(solver.latent_names), (set(latents), solver.latent_names)
+    out = solver.sample(den, latents, grid, schedule)
+    assert out.dtype == solver.state_dtype
+    return rel_error(out, x0)

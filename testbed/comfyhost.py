@@ -16,8 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-SUPPORT = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
+TESTBED = Path(__file__).resolve().parent
 
 
 class HostMissing(RuntimeError):
@@ -44,7 +44,7 @@ def boot(work: str | None = None) -> dict[str, Any]:
     if _BOOTED:
         return _BOOTED
     cdir = comfy_dir()
-    for p in (str(cdir), str(SUPPORT)):
+    for p in (str(cdir), str(REPO)):
         if p not in sys.path:
             sys.path.insert(0, p)
     from comfy.cli_args import args
@@ -61,7 +61,7 @@ def boot(work: str | None = None) -> dict[str, Any]:
     folder_paths.set_temp_directory(f"{work}/temp")
     folder_paths.set_user_directory(f"{work}/user")
     folder_paths.add_model_folder_path("checkpoints", f"{work}/models/checkpoints", is_default=True)
-    from images import example_image
+    from testbed.images import example_image
 
     example_image().save(os.path.join(work, "input", "example.png"))  # what the workflows' LoadImage reads
     shutil.copy(REPO / "workflows" / "toy_example.png", os.path.join(work, "input", "toy_example.png"))
@@ -73,7 +73,7 @@ def boot(work: str | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
     failures = []
-    for pack in (REPO, SUPPORT / "tinypack"):
+    for pack in (REPO, TESTBED / "tinypack"):
         if not asyncio.run(nodes.load_custom_node(str(pack))):
             failures.append(str(pack))
     _BOOTED.update(work=work, nodes=nodes, import_failures=failures)

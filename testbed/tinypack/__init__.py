@@ -29,7 +29,7 @@ class TinyCheckpointLoader(io.ComfyNode):
     def execute(cls, seed: int, attention: bool = True) -> io.NodeOutput:
         key = (seed, attention)
         if key not in _CACHE:
-            from tiny import make_clip, make_model, make_vae  # tests/support is on sys.path
+            from testbed.tiny import make_clip, make_model, make_vae  # the repo root is on sys.path
 
             _CACHE[key] = (make_model(seed, attention=attention), make_clip(seed + 1), make_vae(seed + 2))
         return io.NodeOutput(*_CACHE[key])
@@ -53,7 +53,7 @@ class TinyControlNetLoader(io.ComfyNode):
         # Cached like the checkpoint: ControlNetApplyAdvanced copies the net before setting a hint,
         # so the cached object itself is never changed by a run.
         if seed not in _CONTROLNET_CACHE:
-            from tiny import make_controlnet  # tests/support is on sys.path
+            from testbed.tiny import make_controlnet  # the repo root is on sys.path
 
             _CONTROLNET_CACHE[seed] = make_controlnet(seed)
         return io.NodeOutput(_CONTROLNET_CACHE[seed])

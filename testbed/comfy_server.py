@@ -21,11 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import comfyhost
-from images import example_image
+from testbed import comfyhost
+from testbed.images import example_image
 
-REPO = Path(__file__).resolve().parents[2]
-SUPPORT = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[1]
+TESTBED = Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -56,7 +56,7 @@ def prepare_base(base: Path, test_pack: bool = True) -> None:
     (base / "input").mkdir(exist_ok=True)
     os.symlink(REPO, base / "custom_nodes" / "exact-inversion")
     if test_pack:
-        os.symlink(SUPPORT / "tinypack", base / "custom_nodes" / "exact-inversion-tinypack")
+        os.symlink(TESTBED / "tinypack", base / "custom_nodes" / "exact-inversion-tinypack")
     example_image().save(base / "input" / "example.png")
     shutil.copy(REPO / "workflows" / "toy_example.png", base / "input" / "toy_example.png")
 
@@ -70,7 +70,7 @@ def comfy_server(base: Path | None = None, test_pack: bool = True, timeout: floa
     prepare_base(base, test_pack)
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([os.environ.get("COMFYUI_STUBS", ""), str(SUPPORT)])}
+           "PYTHONPATH": os.pathsep.join([os.environ.get("COMFYUI_STUBS", ""), str(REPO)])}
     log_path = base / "server.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from comfy_server import free_port
+
+from testbed.comfy_server import free_port
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 

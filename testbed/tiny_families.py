@@ -27,7 +27,8 @@ import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models
 import torch
-from tiny import TINY_UNET_CONFIG
+
+from testbed.tiny import TINY_UNET_CONFIG
 
 Conditioning = list
 
@@ -166,7 +167,7 @@ def _random_buffers(*names: str, scale: float = 0.1) -> Callable[[torch.nn.Modul
     return fill
 
 
-UNET = {**TINY_UNET_CONFIG, "context_dim": 64}  # tests/support/tiny.py's SD1-shaped UNet, 32 wide
+UNET = {**TINY_UNET_CONFIG, "context_dim": 64}  # testbed/tiny.py's SD1-shaped UNet, 32 wide
 
 
 def _flux(**over: Any) -> dict[str, Any]:
