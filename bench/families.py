@@ -55,7 +55,7 @@ def reason(err: Exception) -> str:
         return f"the negative's length is a model input ({length.group(1)})"
     text = re.sub(r"^[A-Z][\w -]*: (input '\w+': )?", "", text)
     text = re.sub(r"^the model \([\w.]+\) (is not supported: )?", "", text)
-    text = re.split(r"\. Supported:|; use |\. Use |; supported are |, so | where ", text)[0]
+    text = re.split(r"\. Supported:|\. Connect |; use |\. Use |; supported are |, so | where |: it is ", text)[0]
     return text if len(text) <= 120 else text[:117] + "..."
 
 
