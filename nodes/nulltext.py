@@ -482,13 +482,9 @@ class NullTextInversion(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict, method: str = "nti",
-                inner_steps: int = 10, learning_rate: float = 1e-2, early_stop: float = 1e-5,
-                early_stop_schedule: str = "growing", starts: int = 20, hops: int = 0, start_scale: float = 0.01,
-                seed: int = 0) -> io.NodeOutput:
-        settings = NullTextSettings(method=method, inner_steps=inner_steps, learning_rate=learning_rate,
-                                    early_stop=early_stop, early_stop_schedule=early_stop_schedule, starts=starts,
-                                    hops=hops, start_scale=start_scale, seed=seed)
+    def execute(cls, guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict, **options: Any) -> io.NodeOutput:
+        """``options`` are the schema's widgets by name: the fields of NullTextSettings, which checks them."""
+        settings = NullTextSettings(**options)
         state, z_top = null_text_invert(guider, sampler, sigmas, latent, settings)
         text = [state.describe(), summary(state), *state.meta.get("warnings", [])]
         return io.NodeOutput(state, {"samples": z_top}, ui={"text": text, "warnings": state.meta.get("warnings", [])})
