@@ -54,8 +54,17 @@ NO_DEPS = {"spandrel"}
 #: what the host needs besides the tree's requirements.txt (pinned by the locks): the test tools, and
 #: requests, which 0.3.75's server imports without listing it
 EXTRAS = ["pytest", "ruff", "hypothesis", "requests"]
-#: folders of a ComfyUI checkout that are user data, not code: never copied into a host
-USER_DATA = {".git", "models", "output", "input", "temp", "user", "custom_nodes", "__pycache__", ".venv", "venv"}
+#: top-level folders of a ComfyUI checkout that are user data, not code: never copied into a host
+USER_DATA = {"models", "output", "input", "temp", "user", "custom_nodes", ".venv", "venv"}
+#: folders skipped at any depth
+NEVER_COPIED = {".git", "__pycache__"}
+
+
+def _skipped(folder: Path, root: Path, names: list[str]) -> set[str]:
+    """What of ``names`` (in ``folder``) is not ComfyUI's code: caches anywhere, user data at the top only
+    (comfy/ldm/models is code)."""
+    top = USER_DATA if folder == root else set()
+    return {n for n in names if n in NEVER_COPIED or n in top or n.endswith(".pyc")}
 
 
 def log(message: str) -> None:
@@ -119,10 +128,9 @@ def _folder_fingerprint(root: Path) -> str:
 
 def _tree_files(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d not in USER_DATA]
-        for name in filenames:
-            if not name.endswith(".pyc"):
-                yield Path(dirpath) / name
+        skipped = _skipped(Path(dirpath), root, dirnames + filenames)
+        dirnames[:] = [d for d in dirnames if d not in skipped]
+        yield from (Path(dirpath) / name for name in filenames if name not in skipped)
 
 
 def find_source() -> Source:
@@ -218,7 +226,7 @@ def _extract_archive(archive: Path, dest: Path) -> None:
 
 
 def _copy_folder(folder: Path, dest: Path) -> None:
-    shutil.copytree(folder, dest, ignore=lambda _d, names: [n for n in names if n in USER_DATA or n.endswith(".pyc")])
+    shutil.copytree(folder, dest, ignore=lambda d, names: _skipped(Path(d), folder, names))
     (dest / "custom_nodes").mkdir(exist_ok=True)
 
 

@@ -70,3 +70,18 @@ def test_the_trees_own_pins_win_and_the_lock_pins_the_rest(tmp_path):
 def test_a_version_without_a_lock_takes_the_newest_lock():
     lock, exact = host.choose_lock("99.0.0")
     assert not exact and lock.name == "0.28.2.txt"  # 0.28.2 > 0.3.75: versions compare as numbers
+
+
+def test_a_checkouts_user_data_is_left_out_only_at_its_top(tmp_path):
+    """models/, output/, custom_nodes/ ... of a checkout are the user's; comfy/ldm/models is ComfyUI's code."""
+    tree = comfy_tree(tmp_path / "ComfyUI", "1.0.0", "")
+    for rel in ("comfy/ldm/models/autoencoder.py", "models/checkpoints/big.safetensors", "custom_nodes/x/a.py",
+                "comfy/__pycache__/a.pyc", ".git/HEAD"):
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text("x")
+    listed = {p.relative_to(tree).as_posix() for p in host._tree_files(tree)}
+    assert "comfy/ldm/models/autoencoder.py" in listed
+    assert not {p for p in listed if p.startswith(("models/", "custom_nodes/", ".git/")) or "__pycache__" in p}
+    dest = tmp_path / "copy"
+    host._copy_folder(tree, dest)
+    assert (dest / "comfy/ldm/models/autoencoder.py").is_file() and not (dest / "models").exists()
