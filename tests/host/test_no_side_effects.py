@@ -53,7 +53,8 @@ class Watch:
     def wrapper(self, executor: Any, *args: Any, **kwargs: Any) -> Any:
         snap = self.snapshot()
         conds = getattr(self.guider, "conds", None)
-        snap["conds"] = (id(conds), ids(conds)) if isinstance(conds, dict) else None  # the run's dict, its entries
+        # the run's dict and its entries, held (not their ids) so that a later run cannot reuse a freed id
+        snap["conds"] = (conds, dict(conds)) if isinstance(conds, dict) else None
         self.during.append(snap)
         return executor(*args, **kwargs)
 
@@ -61,11 +62,16 @@ class Watch:
         assert self.during, "the model never ran"
         for snap in self.during:
             assert {k: v for k, v in snap.items() if k != "conds"} == self.before
-        per_run: dict[int, set[str]] = {}
+        per_run: dict[int, list[dict[str, Any]]] = {}
         for snap in self.during:
             if snap["conds"] is not None:
-                per_run.setdefault(snap["conds"][0], set()).add(repr(snap["conds"][1]))
-        assert all(len(entries) == 1 for entries in per_run.values()), "a run's conds changed while it ran"
+                run_conds, entries = snap["conds"]
+                per_run.setdefault(id(run_conds), []).append(entries)
+        for seen in per_run.values():
+            first = seen[0]
+            for entries in seen[1:]:
+                assert entries.keys() == first.keys() and all(entries[k] is first[k] for k in first), \
+                    "a run's conds changed while it ran"
         assert self.snapshot() == self.before
         self.model.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, "test_watch")
         assert self.model.model_options.keys() == self.options.keys()
