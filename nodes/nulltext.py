@@ -18,7 +18,8 @@ guider's cfg (e.g. 7.5) follow it; the optimisation itself is ``editing/nulltext
 
 The result is an INVERSION whose per-step unconditional embeddings (``nodes/uncond.py``) replace the
 negative of whatever guider Edit is given. Optimisation needs gradients through the model, which
-ComfyUI runs under ``torch.inference_mode``; ``autograd_ready`` lifts that locally (see its docstring).
+ComfyUI loads weights in ``torch.inference_mode``; ``editing/gradients.py`` lets gradients through them
+without copying or touching them (see its docstring).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import comfy.utils
 import torch
 from comfy_api.latest import io
 
+from ..editing.gradients import gradients_through_frozen_weights
 from ..editing.nulltext import (
     EARLY_STOP_SCHEDULES,
     METHODS,
@@ -60,57 +62,10 @@ from .model_adapter import (
 from .uncond import META, UNCOND_CONTEXT, UNCOND_POOLED, context_of, detached, with_uncond
 
 NAME = "Null-text Inversion"
-@contextlib.contextmanager
-def autograd_ready(modules: list[torch.nn.Module], copy_saved: bool = False) -> Iterator[None]:
-    """Gradients through models whose weights are inference tensors (ComfyUI loads them in inference mode).
-
-    Inference tensors cannot be saved for backward, so for the duration every such parameter and
-    buffer is swapped for a normal copy, and restored after. This holds a second copy of the weights
-    (the price of backpropagating at all); the weights themselves never require grad, so only the
-    embeddings (and the noise bias) get gradients.
-
-    ``copy_saved`` keeps private copies of the activations autograd saves: ComfyUI's UNet adds
-    ControlNet outputs to its skip connections in place (``apply_control``), after the next block
-    saved them, which autograd would otherwise refuse. It costs a second copy of those activations.
-    """
-    swapped: list[tuple[dict, str, torch.Tensor]] = []
-    frozen: list[torch.Tensor] = []
-    saved = torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t) if copy_saved \
-        else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), saved:
-        try:
-            for module in modules:
-                for sub in module.modules():
-                    for store in (sub._parameters, sub._buffers):
-                        for name, t in list(store.items()):
-                            if t is None:
-                                continue
-                            if t.is_inference():
-                                copy = t.detach().clone()
-                                swapped.append((store, name, t))
-                                store[name] = torch.nn.Parameter(copy, requires_grad=False) \
-                                    if isinstance(t, torch.nn.Parameter) else copy
-                            elif t.requires_grad:  # a model built outside ComfyUI: no weight gradients either
-                                t.requires_grad_(False)
-                                frozen.append(t)
-            yield
-        finally:
-            for store, name, t in reversed(swapped):
-                store[name] = t
-            for t in frozen:
-                t.requires_grad_(True)
-
-
-def _modules_of(model_wrap: Any) -> list[torch.nn.Module]:
-    """The diffusion model, then any ControlNet/adapter modules the conds carry."""
-    modules = [model_wrap.inner_model]
-    for conds in model_wrap.conds.values():
-        for entry in conds or []:
-            control = entry.get("control")
-            while control is not None:
-                modules.extend(v for v in vars(control).values() if isinstance(v, torch.nn.Module))
-                control = getattr(control, "previous_controlnet", None)
-    return modules
+def _carries_control(model_wrap: Any) -> bool:
+    """Whether the conds carry a ControlNet/adapter (its outputs are added to the UNet's skips in place)."""
+    return any(entry.get("control") is not None
+               for conds in model_wrap.conds.values() for entry in conds or [])
 
 
 class _Evaluator:
@@ -227,8 +182,8 @@ class _NullTextRun(SolverSampler):
             self._store(context.unsqueeze(0), pooled)
         else:
             _, pivot = trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
-            modules = _modules_of(model_wrap)
-            with autograd_ready(modules, copy_saved=len(modules) > 1), refused_without_gradients(model_wrap):
+            with gradients_through_frozen_weights(copy_saved=_carries_control(model_wrap)), \
+                    refused_without_gradients(model_wrap):
                 pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
                 self._optimise(ev, pivot, grid.clone(), schedule, model_wrap, callback)
         assert self.latents is not None
@@ -309,7 +264,8 @@ def check_static_weights(model_patcher: Any, settings: NullTextSettings) -> None
     on NVIDIA GPUs).
 
     Its layers do not compute with their module parameters but with copies streamed to the GPU per call (cast
-    in inference mode, kept in a reused buffer), which ``autograd_ready`` cannot make differentiable; read in
+    in inference mode, kept in a reused buffer that the next layer overwrites while a backward pass still needs
+it), so gradients through them are not safe; read in
     ComfyUI 0.28.2's model_patcher.py and ops.py, not yet run on a GPU. NPI needs no gradients and works.
     """
     is_dynamic = getattr(model_patcher, "is_dynamic", None)

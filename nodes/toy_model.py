@@ -124,13 +124,16 @@ class ToyClipModel(torch.nn.Module):
     """The text-encoder half of ``comfy.sd.CLIP`` for the toy model (the tokenizer is ``ToyTokenizer``).
 
     Always float32: ComfyUI's default text-encoder dtype on a CPU is float16, which would change the
-    conditioning the model was trained with (and break exact inversion across devices).
+    conditioning the model was trained with (and break exact inversion across devices). Frozen, as ComfyUI's
+    own text encoders are (``SDClipModel.freeze``): an encoder loaded in inference mode with parameters that
+    require grad could not encode outside it.
     """
 
     def __init__(self, text_config: dict | None = None, device: Any = None, dtype: Any = None,
                  model_options: dict | None = None) -> None:
         super().__init__()
-        self.toy = toy.TextEncoder(**(text_config or {})).to(device=device, dtype=torch.float32)
+        self.toy = toy.TextEncoder(**(text_config or {})).to(device=device, dtype=torch.float32).eval()
+        self.toy.requires_grad_(False)
         self.dtypes = {torch.float32}
 
     def set_clip_options(self, options: dict) -> None:

@@ -3,7 +3,7 @@ modules' parameters, not the guider, not the guider's conds, not the patcher's o
 
 Checked while the runs happen (a wrapper of this test's own model takes a snapshot at every model call) and after
 them, for every node that runs the model: Invert and Edit with each solver, Attention Mask, Blended Guidance (its
-guider is the pack's own; the model under it is checked), Null-text Inversion (npi).
+guider is the pack's own; the model under it is checked), Null-text Inversion (every method).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class Watch:
         return {
             "sampling": ids(vars(base.model_sampling)),
             "sampling type": type(base.model_sampling),
-            "parameters": {n: id(p) for n, p in base.diffusion_model.named_parameters()},
+            "parameters": {n: (id(p), p.requires_grad) for n, p in base.diffusion_model.named_parameters()},
             "buffers": {n: id(b) for n, b in base.diffusion_model.named_buffers()},
             "guider": ids(guider_attrs),
             "original conds": {k: [id(c) for c in v] for k, v in self.guider.original_conds.items()},
@@ -82,9 +82,12 @@ def sampler(nodes: dict, name: str) -> Any:
     return solver_sampler(nodes, name, **({"max_iter": 2} if name == "aidi" else {}))
 
 
-@pytest.fixture()
-def setup(node_classes):
-    model = make_model(5)
+@pytest.fixture(params=["inference", "normal"])
+def setup(node_classes, request):
+    """A tiny model built in inference mode, as ComfyUI's executor loads models, or outside it (its parameters
+    require grad)."""
+    with torch.inference_mode(request.param == "inference"):
+        model = make_model(5)
     guider = make_guider(node_classes, model, make_cond(1), make_cond(2), 3.0)
     return model, guider, sigmas(node_classes, model, 4)
 
@@ -100,13 +103,16 @@ def test_invert_and_edit_change_nothing_they_did_not_create(node_classes, setup,
     watch.check()
 
 
-def test_null_text_npi_and_its_edit_change_nothing(node_classes, setup):
+@pytest.mark.parametrize("method", ["npi", "nti", "bias_correction"])
+def test_null_text_and_its_edit_change_nothing(node_classes, setup, method):
+    """nti and bias_correction backpropagate through the model's inference-mode weights without replacing
+    or copying them (editing/gradients.py): the snapshots during the optimisation see the model's own."""
     model, guider, sig = setup
     watch = Watch(model, guider)
     with torch.inference_mode():
         inv = node_classes["ExactInversion_NullTextInversion"].execute(
             guider=guider, sampler=sampler(node_classes, "edict"), sigmas=sig, latent=random_latent(),
-            method="npi").result[0]
+            method=method, inner_steps=2, starts=2).result[0]
         node_classes["ExactInversion_Edit"].execute(guider=guider, inversion=inv)  # the per-step negatives
     watch.check()
 

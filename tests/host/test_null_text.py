@@ -1,7 +1,8 @@
 """Null-text inversion, NPI and bias correction inside real ComfyUI.
 
 Mechanics on tiny random models built in inference mode, as ComfyUI's executor builds them (their
-weights are inference tensors, which autograd refuses without ``autograd_ready``); quality on the
+weights are inference tensors, which autograd refuses to save; editing/gradients.py lets gradients through
+them without copies); quality on the
 shipped embedded model.
 """
 
@@ -181,6 +182,31 @@ def test_nti_backpropagates_through_a_controlnet_on_both_prompts(node_classes, t
                           sigmas(node_classes, model, 3), random_latent(seed=2), inner_steps=3, early_stop=0.0,
                           learning_rate=0.05)[0]
     assert info["first_losses"] != plain.meta["null_text"]["first_losses"]  # the control took part
+
+
+def test_nti_saves_the_models_own_weights_for_backward_not_copies(node_classes, tiny):
+    """No second copy of the weights: every weight autograd saves is the model's own memory (the node used to
+    hold a normal copy of all of them for its run)."""
+    model, pos, neg = tiny
+    weights = [p for p in model.model.diffusion_model.parameters()]
+    own = {p.data_ptr() for p in weights}
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        null_text(node_classes, guider(node_classes, model, pos, neg, 7.5), ddim(node_classes),
+                  sigmas(node_classes, model, 2), random_latent(seed=3), inner_steps=1, early_stop=0.0)
+    saved_ptrs = {t.data_ptr() for t in saved}
+    assert len(own & saved_ptrs) > len(own) // 2  # the weights themselves went into the graph
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for p in weights:
+        by_shape.setdefault(tuple(p.shape), []).append(p)
+    copies = [t for t in saved if t.data_ptr() not in own and any(
+        torch.equal(t, p) for p in by_shape.get(tuple(t.shape), []))]
+    assert not copies, f"{len(copies)} saved tensors are copies of weights"
 
 
 def test_save_and_load_keep_the_embeddings(node_classes, tiny, host):

@@ -1,0 +1,116 @@
+"""Gradients through a model whose weights are inference tensors, without copying the weights.
+
+ComfyUI loads weights under ``torch.inference_mode``, and autograd refuses to save an inference tensor for
+backward. Null-text optimisation needs gradients with respect to the text embedding only, so instead of
+swapping every weight for a normal copy (twice the model's memory, and a change to modules the run does not
+own), a torch-function mode hands each operation that records a backward pass *aliases* of its inference
+inputs: normal tensors over the same storage, made per call and dropped with the graph. No module, parameter
+or buffer is touched, nothing is copied, and anything outside the ``with`` block sees nothing.
+
+Two rules, applied to every torch operation called inside :func:`gradients_through_frozen_weights`:
+
+* a ``torch.nn.Parameter`` that requires grad (as parameters built in inference mode do) is passed detached,
+  so the weights never get gradients and never grow a graph (attribute reads such as ``requires_grad`` still
+  see the parameter itself);
+* when any remaining input requires grad, every inference-tensor input is passed as an alias. Operations
+  without a gradient-carrying input run untouched (their results are what they would be anyway).
+
+An alias has its own version counter: an in-place change of the weight's storage during a backward pass
+would go unnoticed. ComfyUI does not change weights while a model runs, except under dynamic VRAM, whose
+streamed weight buffers are reused; the node refuses that loader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+
+def alias(tensor: torch.Tensor) -> torch.Tensor:
+    """A normal (non-inference) tensor over ``tensor``'s storage: same memory, no copy."""
+    out = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+    return out.set_(tensor.untyped_storage(), tensor.storage_offset(), tensor.size(), tensor.stride())
+
+
+#: what an operation's inputs hold: a tensor that records a graph, a frozen parameter, an inference tensor
+RECORDS, FROZEN, INFERENCE = 1, 2, 4
+
+
+def _flags(value: Any, flags: int = 0) -> int:
+    """OR of RECORDS / FROZEN / INFERENCE over the tensors in nested lists, tuples and dicts."""
+    if isinstance(value, torch.Tensor):
+        if value.requires_grad:
+            flags |= FROZEN if isinstance(value, torch.nn.Parameter) else RECORDS
+        if value.is_inference():
+            flags |= INFERENCE
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            flags = _flags(v, flags)
+    elif isinstance(value, dict):
+        for v in value.values():
+            flags = _flags(v, flags)
+    return flags
+
+
+def _map(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
+    """``fn`` on every tensor in nested lists, tuples and dicts."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (list, tuple)):
+        mapped = [_map(fn, v) for v in value]
+        return type(value)(*mapped) if hasattr(value, "_fields") else type(value)(mapped)
+    if isinstance(value, dict):
+        return {k: _map(fn, v) for k, v in value.items()}
+    return value
+
+
+class _FrozenWeights(TorchFunctionMode):
+    """Per operation: frozen parameters detached, inference inputs aliased where autograd will record.
+
+    Aliases are kept for the block's duration (with their tensors, so an id is never reused): the same
+    weights enter many operations, and each gets the same alias.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aliases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _alias(self, t: torch.Tensor) -> torch.Tensor:
+        hit = self.aliases.get(id(t))
+        if hit is None:
+            hit = self.aliases[id(t)] = (t, alias(t))
+        return hit[1]
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
+        kwargs = kwargs or {}
+        if not torch.is_grad_enabled() or getattr(func, "__name__", "") == "__get__":
+            return func(*args, **kwargs)  # nothing records, or an attribute read: answered as it is
+        flags = _flags(kwargs, _flags(args))
+        inference = flags & RECORDS and flags & INFERENCE
+        if not (inference or flags & FROZEN):
+            return func(*args, **kwargs)
+
+        def fix(t: torch.Tensor) -> torch.Tensor:
+            if inference and t.is_inference():
+                return self._alias(t)
+            return t.detach() if t.requires_grad and isinstance(t, torch.nn.Parameter) else t
+
+        return func(*_map(fix, args), **_map(fix, kwargs))
+
+
+@contextlib.contextmanager
+def gradients_through_frozen_weights(copy_saved: bool = False) -> Iterator[None]:
+    """Autograd on (inference mode lifted, grad enabled) through frozen, possibly inference-mode weights.
+
+    ``copy_saved`` keeps private copies of the activations autograd saves: ComfyUI's UNet adds ControlNet
+    outputs to its skip connections in place (``apply_control``) after the next block saved them, which
+    autograd would otherwise refuse. It costs a copy of those activations, never of the weights.
+    """
+    saved = torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t) if copy_saved \
+        else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), saved, _FrozenWeights():
+        yield
