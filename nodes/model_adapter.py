@@ -186,13 +186,14 @@ class SolverSampler(comfy.samplers.Sampler):
     def __init__(self, solver: Solver, node: str = "sampler") -> None:
         self.solver = solver
         self.node = node
-        self.fractional: FractionalTimesteps | None = None
 
     def _denoiser_and_schedule(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask):
-        """The solver's denoiser through the guider (``model_wrap``; its inner_model is the prepared BaseModel).
+        """The solver's denoiser through the guider (``model_wrap``; its inner_model is the prepared BaseModel),
+        its schedule, and the run's fractional timesteps (``None`` where none are needed).
 
         ``extra_args["model_options"]`` is the copy ComfyUI made for this run: the fractional-timestep
-        wrapper goes there, so nothing outside the run sees it.
+        wrapper goes there, so nothing outside the run sees it. Nothing is kept on ``self``: ComfyUI caches a
+        solver node's SAMPLER and shares it between runs.
         """
         args = {**extra_args, "denoise_mask": denoise_mask}
         model_k = comfy.samplers.KSamplerX0Inpaint(model_wrap, sigmas)
@@ -200,22 +201,22 @@ class SolverSampler(comfy.samplers.Sampler):
         model_k.noise = noise
         sampling = model_wrap.inner_model.model_sampling
         schedule = schedule_for_sampling(sampling, self.node, model_wrap.inner_model)
-        self.fractional = FractionalTimesteps.install(sampling, sigmas, extra_args.setdefault("model_options", {}))
-        return make_denoiser(model_k, args, self.fractional), schedule
+        fractional = FractionalTimesteps.install(sampling, sigmas, extra_args.setdefault("model_options", {}))
+        return make_denoiser(model_k, args, fractional), schedule, fractional
 
-    def _done(self) -> None:
-        if self.fractional is not None:
-            self.fractional.report(self.node)
+    def _done(self, fractional: FractionalTimesteps | None) -> None:
+        if fractional is not None:
+            fractional.report(self.node)
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
         """Plain generation, like a stock KSAMPLER (noise scaling in, inverse noise scaling out)."""
         sampling = model_wrap.inner_model.model_sampling
-        denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
-                                                        denoise_mask)
+        denoise, schedule, fractional = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise,
+                                                                    latent_image, denoise_mask)
         x = sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
         out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
-        self._done()
+        self._done(fractional)
         return sampling.inverse_noise_scaling(sigmas[-1], out.to(noise.dtype))
 
 
@@ -231,10 +232,10 @@ class _InvertRun(SolverSampler):
                disable_pbar=False):
         if self.latent_is_zero:  # the guider skips process_latent_in for an all-zero latent
             latent_image = model_wrap.inner_model.process_latent_in(latent_image)
-        denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
-                                                        denoise_mask)
+        denoise, schedule, fractional = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise,
+                                                                    latent_image, denoise_mask)
         self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
-        self._done()
+        self._done(fractional)
         return self.latents["x"].to(torch.float32)
 
 
@@ -263,8 +264,8 @@ class EditRun(SolverSampler):
                disable_pbar=False):
         if self.options_hook is not None:  # patches for this run only, in the model_options ComfyUI copied for it
             self.options_hook(extra_args.setdefault("model_options", {}), model_wrap.inner_model)
-        denoise, schedule = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise, latent_image,
-                                                        denoise_mask)
+        denoise, schedule, fractional = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise,
+                                                                    latent_image, denoise_mask)
         latents = {k: v.to(noise.device) for k, v in self.latents.items()}
         if self.uncond is not None:
             negative = model_wrap.conds.get("negative")
@@ -273,7 +274,7 @@ class EditRun(SolverSampler):
                                  "inversion), which replace a guider's negative prompt; connect a CFGGuider")
             PerStepNegatives(self.uncond, negative, noise.device).install(extra_args["model_options"])
         out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback), hook=self.step_hook)
-        self._done()
+        self._done(fractional)
         return out.to(torch.float32)
 
 

@@ -159,11 +159,14 @@ def test_ees_stages_reach_the_model_at_fractional_timesteps(node_classes, base_m
 def test_every_solver_generates_in_sampler_custom_advanced(node_classes, base_model, name):
     g = guider(node_classes, base_model, make_cond(1), make_cond(2), 4.0)
     noise = node_classes["RandomNoise"].execute(noise_seed=3).result[0]
+    shared = make_sampler(node_classes, name)  # ComfyUI caches it and shares it between runs: no run state on it
+    kept = {k: id(v) for k, v in vars(shared).items()}
     with torch.inference_mode():
         out = node_classes["SamplerCustomAdvanced"].execute(
-            noise=noise, guider=g, sampler=make_sampler(node_classes, name), sigmas=sigmas(node_classes, base_model, 8),
+            noise=noise, guider=g, sampler=shared, sigmas=sigmas(node_classes, base_model, 8),
             latent_image={"samples": torch.zeros(1, 4, 8, 8)}).result[0]
     assert out["samples"].shape == (1, 4, 8, 8) and torch.isfinite(out["samples"]).all()
+    assert {k: id(v) for k, v in vars(shared).items()} == kept
 
 
 def test_bdia_guard_refuses_unstable_inversion(node_classes, base_model):

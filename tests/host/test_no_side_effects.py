@@ -96,11 +96,14 @@ def setup(node_classes, request):
 def test_invert_and_edit_change_nothing_they_did_not_create(node_classes, setup, solver):
     model, guider, sig = setup
     watch = Watch(model, guider)
+    shared = sampler(node_classes, solver)  # ComfyUI caches a solver node's SAMPLER and shares it between runs
+    kept = (ids(vars(shared)), ids(vars(shared.solver)))
     with torch.inference_mode():
-        inv = node_classes["ExactInversion_Invert"].execute(guider=guider, sampler=sampler(node_classes, solver),
-                                                            sigmas=sig, latent=random_latent()).result[0]
+        inv = node_classes["ExactInversion_Invert"].execute(guider=guider, sampler=shared, sigmas=sig,
+                                                            latent=random_latent()).result[0]
         node_classes["ExactInversion_Edit"].execute(guider=guider, inversion=inv)
     watch.check()
+    assert (ids(vars(shared)), ids(vars(shared.solver))) == kept, "a run left its state on the shared SAMPLER"
 
 
 @pytest.mark.parametrize("method", ["npi", "nti", "bias_correction"])
