@@ -71,19 +71,25 @@ def _map(fn: Callable[[torch.Tensor], torch.Tensor], value: Any) -> Any:
 class _FrozenWeights(TorchFunctionMode):
     """Per operation: frozen parameters detached, inference inputs aliased where autograd will record.
 
-    Aliases are kept for the block's duration (with their tensors, so an id is never reused): the same
-    weights enter many operations, and each gets the same alias.
+    Stand-ins (aliases and detached parameters) are kept for the block's duration, with the tensors they stand
+    for (so an id is never reused): the same weights enter many operations, and each gets the same stand-in.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.aliases: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.stand_ins: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.stand_in_ids: set[int] = set()
 
-    def _alias(self, t: torch.Tensor) -> torch.Tensor:
-        hit = self.aliases.get(id(t))
+    def _stand_in(self, t: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        hit = self.stand_ins.get(id(t))
         if hit is None:
-            hit = self.aliases[id(t)] = (t, alias(t))
+            hit = self.stand_ins[id(t)] = (t, make(t))
+            self.stand_in_ids.add(id(hit[1]))
         return hit[1]
+
+    def is_weight(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` is a stand-in for a weight (or another frozen input), not an activation."""
+        return id(t) in self.stand_in_ids
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's protocol
         kwargs = kwargs or {}
@@ -96,8 +102,10 @@ class _FrozenWeights(TorchFunctionMode):
 
         def fix(t: torch.Tensor) -> torch.Tensor:
             if inference and t.is_inference():
-                return self._alias(t)
-            return t.detach() if t.requires_grad and isinstance(t, torch.nn.Parameter) else t
+                return self._stand_in(t, alias)
+            if t.requires_grad and isinstance(t, torch.nn.Parameter):
+                return self._stand_in(t, torch.Tensor.detach)
+            return t
 
         return func(*_map(fix, args), **_map(fix, kwargs))
 
@@ -110,7 +118,8 @@ def gradients_through_frozen_weights(copy_saved: bool = False) -> Iterator[None]
     outputs to its skip connections in place (``apply_control``) after the next block saved them, which
     autograd would otherwise refuse. It costs a copy of those activations, never of the weights.
     """
-    saved = torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t) if copy_saved \
-        else contextlib.nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), saved, _FrozenWeights():
+    mode = _FrozenWeights()
+    saved = torch.autograd.graph.saved_tensors_hooks(lambda t: t if mode.is_weight(t) else t.clone(), lambda t: t) \
+        if copy_saved else contextlib.nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), saved, mode:
         yield

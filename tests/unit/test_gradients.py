@@ -113,6 +113,18 @@ def test_activations_changed_in_place_after_saving_need_copy_saved() -> None:
     assert torch.allclose(x.grad, 2 * (2 * x.detach()).exp() * w.sum(0), rtol=1e-14, atol=0)
 
 
+@pytest.mark.parametrize("copy_saved", [False, True])
+def test_copy_saved_copies_activations_never_weights(copy_saved: bool) -> None:
+    with torch.inference_mode():
+        w = torch.randn(3, 3, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    with gradients_through_frozen_weights(copy_saved=copy_saved):
+        h = x.exp()
+        out = h @ w  # saves w (for h's gradient); exp saved its result h
+    assert out.grad_fn._saved_mat2.data_ptr() == w.data_ptr()  # the weight itself, also with copy_saved
+    assert (h.grad_fn._saved_result.data_ptr() != h.data_ptr()) == copy_saved  # the activation copied
+
+
 def test_nothing_lasts_after_the_block() -> None:
     net = built(inference=True)
     with gradients_through_frozen_weights():
