@@ -62,6 +62,8 @@ from .model_adapter import (
 from .uncond import META, UNCOND_CONTEXT, UNCOND_POOLED, context_of, detached, with_uncond
 
 NAME = "Null-text Inversion"
+
+
 def _carries_control(model_wrap: Any) -> bool:
     """Whether the conds carry a ControlNet/adapter (its outputs are added to the UNet's skips in place)."""
     return any(entry.get("control") is not None
