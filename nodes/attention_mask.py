@@ -31,7 +31,7 @@ from .attention_control import (
     words_context_positions,
 )
 from .common import CATEGORY, Inversion, check_clip, check_prompt_encodes_to, guider_model, node_id, solver_for_state
-from .model_adapter import model_name, run_edit
+from .model_adapter import model_name, run_edit, solver_for_edit
 from .uncond import UNCOND_CONTEXT
 
 NAME = "Attention Mask"
@@ -88,7 +88,7 @@ def attention_mask(guider: Any, inversion: InversionState, clip: Any, prompt: st
     control = AttentionControl(tokens, [], phase="record", history=recorder.records, layout=layout,
                                image_grid=token_grid(guider.model_patcher.model.diffusion_model, inversion.shape),
                                context_tokens=context_length_of(guider))
-    solver = solver_for_state(inversion, NAME)
+    solver, _ = solver_for_edit(solver_for_state(inversion, NAME), guider.model_patcher, NAME)  # logs its warning
     run_edit(guider, solver, inversion, NAME,
              options_hook=lambda options, model: install_control(options, model.diffusion_model, control))
     recorder.records[:] = joint_records(recorder.records)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from comfy_api.latest import io
 
 from ..solvers import SOLVERS, InversionState, Solver
 from ..solvers.state import is_image_latent_shape
+
+if TYPE_CHECKING:
+    from .model_adapter import SolverSampler
 
 #: Kept equal to pyproject.toml's version (a unit test checks); written into every saved inversion.
 PACK_VERSION = "0.1.0"
@@ -24,8 +27,8 @@ def node_id(name: str) -> str:
     return NODE_PREFIX + name
 
 
-def solver_of(sampler: Any, node: str) -> Solver:
-    """The solver inside a SAMPLER made by one of our solver nodes, or a clear error."""
+def solver_sampler_of(sampler: Any, node: str) -> SolverSampler:
+    """The SAMPLER made by one of our solver nodes (its ``solver_on(device)`` gives the solver), or a clear error."""
     from .model_adapter import SolverSampler
 
     if not isinstance(sampler, SolverSampler):
@@ -33,7 +36,7 @@ def solver_of(sampler: Any, node: str) -> Solver:
             f"{node}: input 'sampler' must come from an Exact Inversion solver node (e.g. 'DDIM Solver'); "
             f"got {type(sampler).__name__}. Stock samplers such as euler cannot be inverted."
         )
-    return sampler.solver
+    return sampler
 
 
 def solver_for_state(state: InversionState, node: str, name: str = "inversion") -> Solver:

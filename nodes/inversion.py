@@ -19,10 +19,10 @@ from .common import (
     latent_samples,
     node_id,
     solver_for_state,
-    solver_of,
+    solver_sampler_of,
 )
 from .fingerprint import conditioning_fingerprint, model_fingerprint
-from .model_adapter import model_name, run_edit, run_inversion, schedule_for
+from .model_adapter import model_device, model_name, run_edit, run_inversion, schedule_for, solver_for_edit
 from .storage import creation_info
 from .uncond import META as NULL_TEXT_META
 from .uncond import UNCOND_CONTEXT
@@ -87,7 +87,7 @@ class InversionInputs:
 def checked_inputs(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict, node: str) -> InversionInputs:
     """Check what an inverting node (Invert, Null-text Inversion) is given; log the solver's warnings."""
     model = guider_model(guider, node)
-    solver = solver_of(sampler, node)
+    solver, device_note = solver_sampler_of(sampler, node).solver_on(model_device(model))
     samples = latent_samples(latent, node)
     check_latent_channels(samples, model, node, "latent")
     schedule = schedule_for(model, node)
@@ -97,6 +97,7 @@ def checked_inputs(guider: Any, sampler: Any, sigmas: torch.Tensor, latent: dict
         warnings = solver.warnings(grid, schedule)
     except ValueError as err:
         raise ValueError(f"{node}: input 'sampler' cannot invert on this grid: {err}") from err
+    warnings = [device_note, *warnings] if device_note else warnings
     for warning in warnings:
         logging.warning("%s: %s", node, warning)
     return InversionInputs(model, solver, samples, schedule, grid, warnings)
@@ -161,7 +162,8 @@ class Edit(io.ComfyNode):
         warnings += _check_reconstruction_branch(guider, inversion) + _check_null_text(guider, inversion)
         for warning in warnings:
             logging.warning("%s: %s", EDIT, warning)
-        solver = solver_for_state(inversion, EDIT)
+        solver, device_warnings = solver_for_edit(solver_for_state(inversion, EDIT), model, EDIT)
+        warnings += device_warnings
         out = run_edit(guider, solver, inversion, EDIT)
         warnings += list(getattr(guider, "run_warnings", []))  # a guider of ours that could not do all it was asked
         return io.NodeOutput({"samples": out}, ui={"warnings": warnings})  # [] clears the front end's last ones

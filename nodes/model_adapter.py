@@ -25,6 +25,7 @@ import latent_preview
 import torch
 
 from ..solvers import InversionState, Schedule, Solver, StepHook
+from ..solvers.precision import choose_state_dtype
 from .uncond import PerStepNegatives, UncondSchedule
 
 PreviewCallback = Callable[[int, torch.Tensor, torch.Tensor, int], None]
@@ -183,9 +184,20 @@ def make_step_callback(preview: PreviewCallback | None) -> Callable[..., None] |
 class SolverSampler(comfy.samplers.Sampler):
     """A SAMPLER running one of our solvers; as such it generates from noise (SamplerCustomAdvanced)."""
 
-    def __init__(self, solver: Solver, node: str = "sampler") -> None:
+    def __init__(self, solver: Solver, node: str = "sampler", state_dtype: str | None = None) -> None:
         self.solver = solver
         self.node = node
+        #: the node's state_dtype choice ("auto", "float64" or "float32"); the solver holds a concrete one
+        self.state_dtype = state_dtype or solver.state_dtype_name
+
+    def solver_on(self, device: torch.device) -> tuple[Solver, str | None]:
+        """The solver with the state dtype for ``device`` (``solvers.precision``), and a note for the report
+        when the device forced float32; an explicit float64 the device lacks is refused naming this node."""
+        try:
+            name, note = choose_state_dtype(self.state_dtype, device)
+        except ValueError as err:
+            raise ValueError(f"{self.node}: input 'state_dtype' {err}") from err
+        return self.solver.with_state_dtype(name), note
 
     def _denoiser_and_schedule(self, model_wrap, sigmas, extra_args, noise, latent_image, denoise_mask):
         """The solver's denoiser through the guider (``model_wrap``; its inner_model is the prepared BaseModel),
@@ -215,7 +227,10 @@ class SolverSampler(comfy.samplers.Sampler):
         denoise, schedule, fractional = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise,
                                                                     latent_image, denoise_mask)
         x = sampling.noise_scaling(sigmas[0], noise, latent_image, self.max_denoise(model_wrap, sigmas))
-        out = self.solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
+        solver, note = self.solver_on(noise.device)
+        if note is not None:  # plain generation has no report: the log says it
+            logging.warning("%s: %s", self.node, note)
+        out = solver.sample(denoise, {"x": x}, sigmas, schedule, make_step_callback(callback))
         self._done(fractional)
         return sampling.inverse_noise_scaling(sigmas[-1], out.to(noise.dtype))
 
@@ -234,7 +249,8 @@ class _InvertRun(SolverSampler):
             latent_image = model_wrap.inner_model.process_latent_in(latent_image)
         denoise, schedule, fractional = self._denoiser_and_schedule(model_wrap, sigmas, extra_args, noise,
                                                                     latent_image, denoise_mask)
-        self.latents = self.solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
+        solver, _ = self.solver_on(noise.device)
+        self.latents = solver.invert(denoise, latent_image, sigmas, schedule, make_step_callback(callback))
         self._done(fractional)
         return self.latents["x"].to(torch.float32)
 
@@ -273,7 +289,8 @@ class EditRun(SolverSampler):
                 raise ValueError(f"{self.node}: input 'inversion' carries per-step unconditional embeddings (null-text "
                                  "inversion), which replace a guider's negative prompt; connect a CFGGuider")
             PerStepNegatives(self.uncond, negative, noise.device).install(extra_args["model_options"])
-        out = self.solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback), hook=self.step_hook)
+        solver, _ = self.solver_on(noise.device)
+        out = solver.sample(denoise, latents, sigmas, schedule, make_step_callback(callback), hook=self.step_hook)
         self._done(fractional)
         return out.to(torch.float32)
 
@@ -304,6 +321,24 @@ def run_inversion(guider: Any, solver: Solver, latent: torch.Tensor, sigmas: tor
         latents={k: v.detach().to("cpu") for k, v in run.latents.items()},
     )
     return state, z_top
+
+
+def model_device(model_patcher: Any) -> torch.device:
+    """Where a ModelPatcher runs its model (ComfyUI's torch device when it does not say)."""
+    device = getattr(model_patcher, "load_device", None)
+    return torch.device(device) if device is not None else comfy.model_management.get_torch_device()
+
+
+def solver_for_edit(solver: Solver, model_patcher: Any, node: str) -> tuple[Solver, list[str]]:
+    """The stored inversion's solver on the edit's device: a float64 state the device lacks runs in float32
+    (the inversion came from another machine), and the returned warning says what that costs."""
+    stored = solver.state_dtype_name
+    name, note = choose_state_dtype("auto" if stored == "float64" else stored, model_device(model_patcher))
+    if note is None:
+        return solver, []
+    warning = f"input 'inversion' holds a float64 state; here {note}"
+    logging.warning("%s: %s", node, warning)
+    return solver.with_state_dtype(name), [warning]
 
 
 def run_edit(guider: Any, solver: Solver, state: InversionState, node: str,

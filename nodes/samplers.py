@@ -9,31 +9,40 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, Solver
+from ..solvers.precision import STATE_DTYPE_CHOICES
 from .common import CATEGORY, node_id
 from .model_adapter import SolverSampler
 
 STATE_DTYPE_TOOLTIP = (
     "Precision of the solver's own state, whatever the model's dtype. float64 keeps exact solvers "
-    "exact to the last digit; float32 halves memory."
+    "exact to the last digit; float32 halves the state's memory. auto: float64 where the model's device has "
+    "it, float32 where it does not (Apple MPS), said in the node's report."
 )
 
 
 def state_dtype_input() -> io.Combo.Input:
-    return io.Combo.Input("state_dtype", options=["float64", "float32"], default="float64",
+    return io.Combo.Input("state_dtype", options=list(STATE_DTYPE_CHOICES), default="auto",
                           tooltip=STATE_DTYPE_TOOLTIP)
 
 
-def _make(node: str, build, **kwargs) -> io.NodeOutput:
-    """Build a solver, turning a parameter error into a message that names the node."""
+def _make(node: str, build, state_dtype: str, **kwargs) -> io.NodeOutput:
+    """Build a solver, turning a parameter error into a message that names the node.
+
+    The solver is built with float64 for ``auto``; the run picks the dtype for the model's device
+    (``SolverSampler.solver_on``).
+    """
+    if state_dtype not in STATE_DTYPE_CHOICES:
+        raise ValueError(f"{node}: input 'state_dtype' must be one of {', '.join(STATE_DTYPE_CHOICES)}, "
+                         f"got {state_dtype!r}")
     try:
-        solver: Solver = build(**kwargs)
+        solver: Solver = build(state_dtype="float64" if state_dtype == "auto" else state_dtype, **kwargs)
     except ValueError as err:
         message = str(err)
         name = next((k for k in kwargs if message.startswith(f"{k} ")), None)
         if name is not None:  # "gamma must be ..." -> "input 'gamma' must be ..."
             message = f"input '{name}'{message[len(name):]}"
         raise ValueError(f"{node}: {message}") from err
-    return io.NodeOutput(SolverSampler(solver, node))
+    return io.NodeOutput(SolverSampler(solver, node, state_dtype))
 
 
 class DDIMSolver(io.ComfyNode):

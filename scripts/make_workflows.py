@@ -246,19 +246,19 @@ def save_load_edit(prefix: str = "exact_inversion/save_load") -> Graph:
 
 #: (label, solver node, widgets) of every solver family, as in the per-solver SD workflows
 SOLVERS = [
-    ("DDIM", "ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "float64"}),
-    ("EDICT", "ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    ("BDIA", "ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
+    ("DDIM", "ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "auto"}),
+    ("EDICT", "ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "auto"}),
+    ("BDIA", "ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "auto"}),
     ("AIDI", "ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 3,
-                                           "state_dtype": "float64"}),
-    ("EES", "ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
+                                           "state_dtype": "auto"}),
+    ("EES", "ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "auto"}),
 ]
 SOLVER_WIDGETS = {node_type: widgets for _, node_type, widgets in SOLVERS}
 #: the toy workflow's exact solvers at 25 steps: EDICT's p scaled by its rule (0.93^(50/25)) and BDIA's gamma 0.5,
 #: the settings their authors give for few steps; with p 0.93 fixed / gamma 1 the toy edits come out noisy
 #: (bench/edit_quality.py, the issue 5 note)
-TOY_SOLVER_WIDGETS = {"EDICT": {"p": 0.93, "p_rule": "scaled", "state_dtype": "float64"},
-                      "BDIA": {"gamma": 0.5, "state_dtype": "float64"}}
+TOY_SOLVER_WIDGETS = {"EDICT": {"p": 0.93, "p_rule": "scaled", "state_dtype": "auto"},
+                      "BDIA": {"gamma": 0.5, "state_dtype": "auto"}}
 TOY_SOURCE = "a red circle on a green background"
 TOY_TARGET = "a yellow circle on a green background"
 TOY_IMAGE = "toy_example.png"
@@ -426,7 +426,7 @@ def toy_null_text(method: str, solver_label: str, title: str, prefix: str, compa
     g_tgt = g.add("CFGGuider", {"cfg": TOY_CFG_NULL_TEXT}, 2, 1, "Target guider (cfg 7.5)", model=loader.out(0),
                   positive=n["tgt"].out(0), negative=n["neg"].out(0))
     sigmas = g.add("BasicScheduler", TOY_GRID, 2, 2, model=loader.out(0))
-    node_type, widgets = {"DDIM": ("ExactInversion_DDIMSolver", {"inversion_label": "next", "state_dtype": "float64"}),
+    node_type, widgets = {"DDIM": ("ExactInversion_DDIMSolver", {"inversion_label": "next", "state_dtype": "auto"}),
                           "EDICT": ("ExactInversion_EDICTSolver", TOY_SOLVER_WIDGETS["EDICT"])}[solver_label]
     solver = g.add(node_type, widgets, 2, 3, f"{solver_label} solver")
     inv = g.add("ExactInversion_NullTextInversion", _null_text_widgets(method, **changes), 3, 0, title,

@@ -105,6 +105,12 @@ class Solver(ABC):
         """Rebuild a solver from ``params()`` (as stored with an inversion)."""
         return cls(**params)
 
+    def with_state_dtype(self, name: str) -> Solver:
+        """This solver with its state in another dtype (itself when it already is)."""
+        if name == self.state_dtype_name:
+            return self
+        return type(self).from_params({**self.params(), "state_dtype": name})
+
     def nfe_per_step(self) -> int:
         """Denoiser evaluations per grid step (for reports; AIDI's depends on convergence)."""
         return 1

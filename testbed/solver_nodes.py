@@ -9,13 +9,13 @@ import torch
 
 #: name -> (node id, widget values): each solver node at the pack's defaults (the papers' settings)
 SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
-    "ddim": ("ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "float64"}),
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "float64"}),
+    "ddim": ("ExactInversion_DDIMSolver", {"inversion_label": "current", "state_dtype": "auto"}),
+    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "fixed", "state_dtype": "auto"}),
+    "bdia": ("ExactInversion_BDIASolver", {"gamma": 1.0, "state_dtype": "auto"}),
     "aidi": ("ExactInversion_AIDISolver", {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 3,
-                                          "state_dtype": "float64"}),
-    "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "float64"}),
-    "ees27": ("ExactInversion_EESSolver", {"scheme": "EES(2,7)", "state_dtype": "float64"}),
+                                          "state_dtype": "auto"}),
+    "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "auto"}),
+    "ees27": ("ExactInversion_EESSolver", {"scheme": "EES(2,7)", "state_dtype": "auto"}),
 }
 #: the settings their authors give for few steps, used on the embedded model at 25 steps (its workflows)
 FEW_STEPS = {"edict": {"p_rule": "scaled"}, "bdia": {"gamma": 0.5}}
