@@ -166,9 +166,11 @@ class EvalCounter:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.batches: list[int] = []  # the batch size of each call
 
     def __call__(self, apply_model: Callable[..., torch.Tensor], args: dict[str, Any]) -> torch.Tensor:
         self.calls += 1
+        self.batches.append(int(args["input"].shape[0]))
         return apply_model(args["input"], args["timestep"], **args["c"])
 
 

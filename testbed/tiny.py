@@ -121,11 +121,11 @@ def make_sdxl_cond(seed: int = 0) -> list:
     return [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]
 
 
-def flux_config() -> dict:
-    """TINY_FLUX_CONFIG with what this ComfyUI's ``FluxParams`` also requires (0.28 added ``txt_ids_dims``:
-    which RoPE axes number the text tokens; none, as for Flux.1)."""
+def flux_config(config: dict | None = None) -> dict:
+    """``config`` (default TINY_FLUX_CONFIG) with what this ComfyUI's ``FluxParams`` also requires (0.28 added
+    ``txt_ids_dims``: which RoPE axes number the text tokens; none, as for Flux.1)."""
     fields = {f.name for f in dataclasses.fields(comfy.ldm.flux.model.FluxParams)}
-    return {**TINY_FLUX_CONFIG, **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
+    return {**(config or TINY_FLUX_CONFIG), **({"txt_ids_dims": []} if "txt_ids_dims" in fields else {})}
 
 
 def make_flux_model(seed: int = 0) -> comfy.model_patcher.ModelPatcher:
