@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch.overrides import TorchFunctionMode
 
 
@@ -123,3 +124,24 @@ def gradients_through_frozen_weights(copy_saved: bool = False) -> Iterator[None]
         if copy_saved else contextlib.nullcontext()
     with torch.inference_mode(False), torch.enable_grad(), saved, mode:
         yield
+
+
+def recomputed_in_backward(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` with autograd keeping only the inputs: its activations are recomputed in the backward pass.
+
+    One layer's activations at a time instead of the whole model's (activation checkpointing, non-reentrant:
+    an input changed in place before backward raises instead of giving a wrong gradient). Outside a gradient
+    computation it is a plain call.
+    """
+    if not torch.is_grad_enabled():
+        return fn(*args)
+
+    def run(*inputs: Any) -> Any:
+        # autograd recomputes outside the forward pass's torch-function modes: each run brings its own (in the
+        # forward pass it sits above the block's mode and hands it inputs that need nothing more)
+        with torch.inference_mode(False), _FrozenWeights():
+            return fn(*inputs)
+
+    # checkpoint saves the inputs themselves: inference ones (latents, a fixed prompt) go in as aliases
+    kept = [alias(a) if isinstance(a, torch.Tensor) and a.is_inference() else a for a in args]
+    return torch.utils.checkpoint.checkpoint(run, *kept, use_reentrant=False, preserve_rng_state=False)

@@ -49,6 +49,7 @@ from ..editing.nulltext import (
     trajectory,
 )
 from ..solvers import DDIM, InversionState, Schedule, Solver, check_sigmas
+from . import layer_recompute
 from .common import CATEGORY, Inversion, guider_model, node_id
 from .inversion import checked_inputs, record_provenance
 from .model_adapter import (
@@ -184,7 +185,10 @@ class _NullTextRun(SolverSampler):
             self._store(context.unsqueeze(0), pooled)
         else:
             _, pivot = trajectory(self.solver, ev.conditional, latent_image, grid, schedule)
-            with gradients_through_frozen_weights(copy_saved=_carries_control(model_wrap)), \
+            control = _carries_control(model_wrap)
+            if not control:  # a ControlNet adds to the UNet's skips in place: a kept layer input would change
+                layer_recompute.install(extra_args["model_options"])
+            with gradients_through_frozen_weights(copy_saved=control), \
                     refused_without_gradients(model_wrap):
                 pivot = [p.clone() for p in pivot]  # normal tensors: inference ones cannot enter autograd
                 self._optimise(ev, pivot, grid.clone(), schedule, model_wrap, callback)

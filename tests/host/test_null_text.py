@@ -184,9 +184,36 @@ def test_nti_backpropagates_through_a_controlnet_on_both_prompts(node_classes, t
     assert info["first_losses"] != plain.meta["null_text"]["first_losses"]  # the control took part
 
 
-def test_nti_saves_the_models_own_weights_for_backward_not_copies(node_classes, tiny):
+def _saved_activation_bytes(run) -> int:
+    """Bytes autograd saves for backward during ``run()`` outside recomputed layers, the model's weights left out."""
+    total = 0
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if not isinstance(t, torch.nn.Parameter) and t.numel() > 1:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+        run()
+    return total
+
+
+def _offers_every_layer_to_the_patch() -> bool:
+    """Whether this ComfyUI's forward_timestep_embed offers ResBlocks and SpatialTransformers to
+    forward_timestep_embed_patch (0.28.2 does; 0.3.75 offers only the layers it has no branch for)."""
+    version = importlib.import_module("comfyui_version").__version__
+    return tuple(int(p) for p in version.split(".")[:2]) >= (0, 28)
+
+
+def _without_layer_recompute(monkeypatch) -> None:
+    monkeypatch.setattr(pack("layer_recompute"), "install", lambda options: None)
+
+
+def test_nti_saves_the_models_own_weights_for_backward_not_copies(node_classes, tiny, monkeypatch):
     """No second copy of the weights: every weight autograd saves is the model's own memory (the node used to
-    hold a normal copy of all of them for its run)."""
+    hold a normal copy of all of them for its run). Layer recomputation is off so that the hook sees every save."""
+    _without_layer_recompute(monkeypatch)
     model, pos, neg = tiny
     weights = [p for p in model.model.diffusion_model.parameters()]
     own = {p.data_ptr() for p in weights}
@@ -207,6 +234,28 @@ def test_nti_saves_the_models_own_weights_for_backward_not_copies(node_classes, 
     copies = [t for t in saved if t.data_ptr() not in own and any(
         torch.equal(t, p) for p in by_shape.get(tuple(t.shape), []))]
     assert not copies, f"{len(copies)} saved tensors are copies of weights"
+
+
+def test_unet_layers_are_recomputed_in_backward_and_the_embeddings_stay_the_same(node_classes, tiny, monkeypatch):
+    """ComfyUI offers each UNet layer to the run's forward_timestep_embed_patch handlers (a test that fails if it
+    stops): autograd then keeps the layers' inputs, not their activations, and the optimisation is unchanged."""
+    model, pos, neg = tiny
+    results = []
+
+    def run() -> None:
+        results.append(null_text(node_classes, guider(node_classes, model, pos, neg, 7.5), ddim(node_classes),
+                                 sigmas(node_classes, model, 3), random_latent(seed=4), inner_steps=3,
+                                 early_stop=0.0)[0])
+
+    recomputed = _saved_activation_bytes(run)
+    _without_layer_recompute(monkeypatch)
+    kept = _saved_activation_bytes(run)
+    if _offers_every_layer_to_the_patch():
+        assert recomputed < 0.3 * kept, (recomputed, kept)
+    else:  # ComfyUI 0.3.75 offers only layers it has no branch for: the activations are kept, as before
+        assert recomputed == kept
+    key = pack("uncond").UNCOND_CONTEXT
+    torch.testing.assert_close(results[0].extras[key], results[1].extras[key], rtol=1e-6, atol=1e-6)
 
 
 def test_save_and_load_keep_the_embeddings(node_classes, tiny, host):
@@ -433,3 +482,12 @@ def test_gradient_methods_refuse_a_dynamic_vram_model_and_npi_runs(node_classes)
             null_text(node_classes, g, ddim(node_classes), sig, random_latent(), method=method)
     inv, _ = null_text(node_classes, g, ddim(node_classes), sig, random_latent(), method="npi")
     assert inv.meta["null_text"]["method"] == "npi"
+
+
+def test_layer_recompute_leaves_the_embedded_models_optimisation_as_it_was(shipped_case, monkeypatch):
+    """The shipped model's null-text embeddings and reconstruction with and without layer recomputation."""
+    psnr, info = reconstruction_psnr(shipped_case, inner_steps=4)
+    _without_layer_recompute(monkeypatch)
+    psnr_kept, info_kept = reconstruction_psnr(shipped_case, inner_steps=4)
+    assert psnr == pytest.approx(psnr_kept, abs=1e-4)
+    assert info["final_losses"] == pytest.approx(info_kept["final_losses"], rel=1e-5)

@@ -8,7 +8,7 @@ import copy
 import pytest
 import torch
 
-from editing.gradients import alias, gradients_through_frozen_weights
+from editing.gradients import alias, gradients_through_frozen_weights, recomputed_in_backward
 
 
 class Net(torch.nn.Module):
@@ -140,3 +140,26 @@ def test_alias_shares_memory_and_is_a_normal_tensor() -> None:
     a = alias(t)
     assert not a.is_inference() and a.data_ptr() == t.data_ptr() and torch.equal(a, t)
     assert a.stride() == t.stride() and a.storage_offset() == t.storage_offset()
+
+
+def test_recomputed_layers_give_the_same_gradients_and_keep_only_their_inputs() -> None:
+    """Activation checkpointing through inference weights: autograd recomputes outside the forward pass's
+    torch-function modes, so each recomputation brings its own; only the layer's inputs are kept."""
+    net = built(inference=True)
+    with gradients_through_frozen_weights():
+        want = grad_of_context(net)
+    saved: list[torch.Tensor] = []
+    x, context = inputs(True)
+    context.requires_grad_(True)
+    with gradients_through_frozen_weights(), torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t) or t, lambda t: t):
+        recomputed_in_backward(net, x, context).backward()
+    assert torch.equal(context.grad, want)
+    assert len(saved) <= 2  # the inputs (x is not saved: it needs no gradient); no activation
+
+
+def test_recomputed_is_a_plain_call_without_gradients() -> None:
+    net = built(inference=True)
+    x, context = inputs(True)
+    with torch.inference_mode():
+        assert torch.equal(recomputed_in_backward(net, x, context), net(x, context))
