@@ -402,7 +402,7 @@ def _type_and_range_cases() -> list[Case]:
              Validation("blend", "seed", f"Value {2**64} bigger than max of {2**64 - 1}")),
         Case("solver-state-dtype-float16", literal("solver", state_dtype="float16"),
              Refusal(EDICT_NODE, ("state_dtype",), exact="EDICT Solver: input 'state_dtype' must be one of "
-                                                         "['float32', 'float64'], got 'float16'",
+                                                         "auto, float64, float32, got 'float16'",
                      validated=Validation("solver", "state_dtype", "Value not in list"))),
         Case("invert-guider-as-number", lambda ctx: with_node(invert_edit(), "invert", guider=5),
              Refusal(INVERT, ("guider",), (("guider",),))),

@@ -491,3 +491,18 @@ def test_layer_recompute_leaves_the_embedded_models_optimisation_as_it_was(shipp
     psnr_kept, info_kept = reconstruction_psnr(shipped_case, inner_steps=4)
     assert psnr == pytest.approx(psnr_kept, abs=1e-4)
     assert info["final_losses"] == pytest.approx(info_kept["final_losses"], rel=1e-5)
+
+
+def test_weights_cast_per_operation_as_lowvram_loads_them_give_the_same_embeddings(node_classes, tiny):
+    """ComfyUI's lowvram and manual-cast loading cast each weight when an operation runs
+    (``forward_comfy_cast_weights``): the optimisation, and on 0.28 its layer recomputation, go through that path
+    and agree with the plainly loaded model."""
+    model, pos, neg = tiny
+    cast = model.clone()
+    cast.set_model_compute_dtype(torch.float32)  # force_cast_weights: every op casts its weight, as lowvram does
+    results = [null_text(node_classes, guider(node_classes, m, pos, neg, 7.5), ddim(node_classes),
+                         sigmas(node_classes, model, 3), random_latent(seed=5), inner_steps=3, early_stop=0.0)[0]
+               for m in (model, cast)]
+    key = pack("uncond").UNCOND_CONTEXT
+    assert not torch.equal(results[0].extras[key][0], neg[0][0].float())  # optimised
+    torch.testing.assert_close(results[1].extras[key], results[0].extras[key], rtol=1e-6, atol=1e-6)
