@@ -5,6 +5,13 @@ Two sequences x, y start equal. Each grid step updates one with the model evalua
 then mixes them with weight p; every piece is affine in the sequence being updated, so the step has
 an exact algebraic inverse given the same model outputs.
 
+Order within a step (``mixing``): the authors' code (salesforce/EDICT ``coupled_stablediffusion``,
+leapfrog) alternates only which sequence is *updated* first; it always mixes x first
+(``x = p x + (1 - p) y``, then y with the new x) and un-mixes y first. That is the default,
+``"authors"``. Before this pack followed the authors, odd steps also swapped the mixing order
+(``"alternating"``): just as exact, but a different integrator (up to 1e-1 apart). It stays only so
+that inversions saved then run back exactly: parameters without ``mixing`` mean ``"alternating"``.
+
 Coordinates: every coupled update is a DDIM (= Euler) step in ComfyUI's coordinates,
 ``first_inter = first + (s_to - s_from) * d(second, s_from)``. In vp coordinates this is exactly the
 paper's ``a_t * x + b_t * eps(y)``; for flow it is the Euler transfer of section 10.1 (no division
@@ -26,6 +33,10 @@ from .base import Denoiser, Solver, derivative, relabel
 from .schedule import Schedule
 
 PRule = Literal["fixed", "scaled"]
+Mixing = Literal["authors", "alternating"]
+MIXINGS: tuple[str, ...] = ("authors", "alternating")
+#: what parameters saved before ``mixing`` existed meant.
+LEGACY_MIXING: Mixing = "alternating"
 
 #: step count at which ``p`` is specified under the "scaled" rule (EDICT Supp. C.2).
 P_REFERENCE_STEPS = 50
@@ -66,8 +77,12 @@ class EDICT(Solver):
     latent_names = ("x", "y")
     exact = True
 
-    def __init__(self, p: float = 0.93, p_rule: PRule = "fixed", state_dtype: str = "float64") -> None:
+    def __init__(self, p: float = 0.93, p_rule: PRule = "fixed", state_dtype: str = "float64",
+                 mixing: Mixing = "authors") -> None:
         super().__init__(state_dtype)
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, got {mixing!r}")
+        self.mixing: Mixing = mixing
         if not 0.0 < p <= 1.0:
             raise ValueError(f"p must be in (0, 1], got {p}")
         if p_rule not in ("fixed", "scaled"):
@@ -76,7 +91,12 @@ class EDICT(Solver):
         self.p_rule: PRule = p_rule
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "p": self.p, "p_rule": self.p_rule}
+        return {**super().params(), "p": self.p, "p_rule": self.p_rule, "mixing": self.mixing}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> EDICT:
+        """As stored; inversions saved before ``mixing`` was a parameter were made with the alternating order."""
+        return cls(**{"mixing": LEGACY_MIXING, **params})
 
     def nfe_per_step(self) -> int:
         return 2
@@ -111,7 +131,7 @@ class EDICT(Solver):
         # the step between s[i - 1] (noisier) and s[i], undone; sampling took it with index i - 1
         p = self.mixing_weight(len(s) - 1)
         x, y, denoised = self._unstep(denoise, state["x"], state["y"], s[i - 1], s[i], schedule, p,
-                                      swap=(i - 1) % 2 == 1)
+                                      swap=(i - 1) % 2 == 1, mix_swap=self._mix_swap(i - 1))
         return {"x": x, "y": y}, denoised, None
 
     def start_inversion(self, x, s, schedule):
@@ -125,8 +145,13 @@ class EDICT(Solver):
 
     def sample_step(self, denoise, state, s, i, schedule):
         p = self.mixing_weight(len(s) - 1)
-        x, y, denoised = self._step(denoise, state["x"], state["y"], s[i], s[i + 1], schedule, p, swap=i % 2 == 1)
+        x, y, denoised = self._step(denoise, state["x"], state["y"], s[i], s[i + 1], schedule, p, swap=i % 2 == 1,
+                                    mix_swap=self._mix_swap(i))
         return {"x": x, "y": y}, denoised
+
+    def _mix_swap(self, step: int) -> bool:
+        """Whether sampling step ``step`` mixes y first: never for the authors' order, on odd steps for the old one."""
+        return self.mixing == "alternating" and step % 2 == 1
 
     @staticmethod
     def _step(
@@ -138,17 +163,21 @@ class EDICT(Solver):
         schedule: Schedule,
         p: float,
         swap: bool,
+        mix_swap: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """One denoising step s_from -> s_to; ``swap`` updates y first (leapfrog, section 2.2)."""
+        """One denoising step s_from -> s_to; ``swap`` updates y first (leapfrog), ``mix_swap`` mixes y first."""
         first, second = (y, x) if swap else (x, y)
         h = (s_to - s_from).to(x.dtype)
         d, _ = derivative(denoise, second, s_from)
         first_i = first + h * d
         d, denoised = derivative(denoise, relabel(first_i, schedule, s_to, s_from), s_from)
         second_i = second + h * d
-        first_new = p * first_i + (1.0 - p) * second_i
-        second_new = p * second_i + (1.0 - p) * first_new
-        return (second_new, first_new, denoised) if swap else (first_new, second_new, denoised)
+        x_i, y_i = (second_i, first_i) if swap else (first_i, second_i)
+        if mix_swap:
+            y_new = p * y_i + (1.0 - p) * x_i
+            return p * x_i + (1.0 - p) * y_new, y_new, denoised
+        x_new = p * x_i + (1.0 - p) * y_i
+        return x_new, p * y_i + (1.0 - p) * x_new, denoised
 
     @staticmethod
     def _unstep(
@@ -160,12 +189,17 @@ class EDICT(Solver):
         schedule: Schedule,
         p: float,
         swap: bool,
+        mix_swap: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Exact inverse of ``_step``: from the state at s_to back to s_from, undoing in reverse order."""
-        first, second = (y, x) if swap else (x, y)
+        if mix_swap:
+            x_i = (x - (1.0 - p) * y) / p
+            y_i = (y - (1.0 - p) * x_i) / p
+        else:
+            y_i = (y - (1.0 - p) * x) / p
+            x_i = (x - (1.0 - p) * y_i) / p
+        second_i, first_i = (x_i, y_i) if swap else (y_i, x_i)
         h = (s_to - s_from).to(x.dtype)
-        second_i = (second - (1.0 - p) * first) / p
-        first_i = (first - (1.0 - p) * second_i) / p
         d, denoised = derivative(denoise, relabel(first_i, schedule, s_to, s_from), s_from)
         second_old = second_i - h * d
         d, _ = derivative(denoise, second_old, s_from)
