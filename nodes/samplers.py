@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, Solver
+from ..solvers import AIDI, BDIA, BELM, DDIM, EDICT, EES25, EES27, FireFlow, Rex, RFSolver, Solver
 from ..solvers.precision import STATE_DTYPE_CHOICES
+from ..solvers.rex import REX_TABLEAUX
 from .common import CATEGORY, node_id
 from .model_adapter import SolverSampler
 
@@ -191,4 +192,100 @@ class EESSolver(io.ComfyNode):
         return _make("EES Solver", schemes[scheme], state_dtype=state_dtype)
 
 
-NODES = [DDIMSolver, EDICTSolver, BDIASolver, AIDISolver, EESSolver]
+class BELMSolver(io.ComfyNode):
+    """O-BELM: exactly invertible two-step method, second order, 1 model evaluation per step."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("BELMSolver"),
+            display_name="BELM Solver",
+            category=CATEGORY,
+            description="O-BELM (Wang et al. 2024): exact inversion at DDIM's cost (1 model evaluation per step), "
+                        "second order on any grid, storing the last two latents like BDIA. Without parameters: its "
+                        "coefficients come from the step sizes.",
+            inputs=[state_dtype_input()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        )
+
+    @classmethod
+    def execute(cls, state_dtype: str) -> io.NodeOutput:
+        return _make("BELM Solver", BELM, state_dtype=state_dtype)
+
+
+class RexSolver(io.ComfyNode):
+    """Rex: exactly reversible Runge-Kutta (McCallum-Foster coupling), any order, 2 x stages evaluations per step."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("RexSolver"),
+            display_name="Rex Solver",
+            category=CATEGORY,
+            description="Rex (Blasingame & Liu 2025): an explicit Runge-Kutta method made exactly invertible by "
+                        "coupling two latents. Higher-order tableaux sample more accurately; each costs 2 model "
+                        "evaluations per stage and step (euler: 2, rk4: 8).",
+            inputs=[
+                io.Combo.Input("tableau", options=list(REX_TABLEAUX), default="euler",
+                               tooltip="The Runge-Kutta method: euler (2 evaluations per step), midpoint/heun/"
+                                       "ralston (4, second order), ssprk3 (6), rk4/rk38 (8, fourth order)."),
+                io.Combo.Input("prediction", options=["data", "noise"], default="data",
+                               tooltip="The form the method steps in: data (default; stable, the authors' "
+                                       "default) or noise, which amplifies rounding on long grids."),
+                io.Float.Input("zeta", default=0.999, min=0.9, max=1.0, step=0.0005,
+                               tooltip="Coupling weight: 1 couples the two latents weakest; inversion amplifies "
+                                       "rounding by (1/zeta)^steps. The authors use 0.999."),
+                state_dtype_input(),
+            ],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        )
+
+    @classmethod
+    def execute(cls, tableau: str, prediction: str, zeta: float, state_dtype: str) -> io.NodeOutput:
+        return _make("Rex Solver", Rex, tableau=tableau, prediction=prediction, zeta=zeta, state_dtype=state_dtype)
+
+
+class RFSolverNode(io.ComfyNode):
+    """RF-Solver: explicit midpoint, the second-order step Flux users invert with; not exact."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("RFSolver"),
+            display_name="RF-Solver",
+            category=CATEGORY,
+            description="RF-Solver (Wang et al. 2024): a second-order step (explicit midpoint) for rectified-flow "
+                        "models such as Flux and SD3, also usable on eps and v models. Inverting with it is not "
+                        "exact, only far closer than DDIM. 2 model evaluations per step.",
+            inputs=[state_dtype_input()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        )
+
+    @classmethod
+    def execute(cls, state_dtype: str) -> io.NodeOutput:
+        return _make("RF-Solver", RFSolver, state_dtype=state_dtype)
+
+
+class FireFlowSolver(io.ComfyNode):
+    """FireFlow: midpoint with the midpoint velocity reused; 1 evaluation per step; not exact."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("FireFlowSolver"),
+            display_name="FireFlow Solver",
+            category=CATEGORY,
+            description="FireFlow (Deng et al. 2025): RF-Solver's midpoint step with each step's midpoint velocity "
+                        "reused to start the next, so 1 model evaluation per step (2 on the first). Not exact; "
+                        "at equal evaluations its round trip beats RF-Solver's. Use EDICT or BDIA to be exact.",
+            inputs=[state_dtype_input()],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        )
+
+    @classmethod
+    def execute(cls, state_dtype: str) -> io.NodeOutput:
+        return _make("FireFlow Solver", FireFlow, state_dtype=state_dtype)
+
+
+NODES = [DDIMSolver, EDICTSolver, BDIASolver, AIDISolver, EESSolver, BELMSolver, RexSolver, RFSolverNode,
+         FireFlowSolver]

@@ -16,6 +16,11 @@ SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
                                           "state_dtype": "auto"}),
     "ees25": ("ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "auto"}),
     "ees27": ("ExactInversion_EESSolver", {"scheme": "EES(2,7)", "state_dtype": "auto"}),
+    "belm": ("ExactInversion_BELMSolver", {"state_dtype": "auto"}),
+    "rex": ("ExactInversion_RexSolver", {"tableau": "euler", "prediction": "data", "zeta": 0.999,
+                                         "state_dtype": "auto"}),
+    "rf_solver": ("ExactInversion_RFSolver", {"state_dtype": "auto"}),
+    "fireflow": ("ExactInversion_FireFlowSolver", {"state_dtype": "auto"}),
 }
 #: the settings their authors give for few steps, used on the embedded model at 25 steps (its workflows)
 FEW_STEPS = {"edict": {"p_rule": "scaled"}, "bdia": {"gamma": 0.5}}

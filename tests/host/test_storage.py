@@ -44,7 +44,7 @@ def world(host, node_classes):
     return {"model": model, "src": src, "tgt": tgt, "sigmas": sig, "latent": latent, "inv": inv, "name": name}
 
 
-@pytest.mark.parametrize("solver", ["bdia", "ddim", "edict"])
+@pytest.mark.parametrize("solver", ["bdia", "ddim", "edict", "belm", "rex", "rf_solver", "fireflow"])
 def test_save_load_edit_is_bit_identical(host, node_classes, world, solver):
     with torch.inference_mode():
         inv, z_top = invert(node_classes, world["src"], solver_sampler(node_classes, solver), world["sigmas"],

@@ -16,7 +16,8 @@ from testbed import gmm as G
 
 STEPS = 8
 SCHEDULE = Schedule.for_prediction("eps")
-KEYS = {"ddim": {"x"}, "aidi": {"x"}, "ees25": {"x"}, "ees27": {"x"}, "edict": {"x", "y"}, "bdia": {"x", "x_prev"}}
+KEYS = {"ddim": {"x"}, "aidi": {"x"}, "ees25": {"x"}, "ees27": {"x"}, "edict": {"x", "y"}, "bdia": {"x", "x_prev"},
+        "belm": {"x", "x_prev"}, "rf_solver": {"x"}, "fireflow": {"x"}, "rex": {"x", "y"}}
 
 
 def _solver(name: str):
@@ -41,7 +42,7 @@ def test_identity_hook_changes_nothing_and_sees_every_step(bed, name: str, predi
     assert torch.equal(plain, hooked)
     assert [c[0] for c in calls] == list(range(STEPS))
     assert all(keys == KEYS[name] for _, keys, _ in calls)
-    first_has_estimate = name != "bdia"  # BDIA's inverted pair starts one step down, with no model call
+    first_has_estimate = name not in ("bdia", "belm")  # their inverted pairs start one step down: no model call
     assert calls[0][2] == first_has_estimate and all(c[2] for c in calls[1:])
 
 
