@@ -38,7 +38,7 @@ everywhere but the object, AIDI's negative token). Fields per record (solver x e
 * ``shape_iou``: the judge's shape mask of the edit against the true mask (does the object keep its shape);
 * ``wall_ratio_vs_plain``: wall time of this Edit / the plain Edit's, per image, then averaged.
 
-    scripts/py bench/attention.py                          # 48 mask images, 24 edit images, DDIM/EDICT/BDIA/EES
+    scripts/py bench/attention.py                          # 48 mask images, 24 edit images, every solver of SOLVERS
     scripts/py bench/attention.py --n 4 --mask-n 8 --solvers ddim
     scripts/py bench/attention.py --json > attention.json  # {"masks", "mask_sweep", "edits"} on stdout
     scripts/py bench/attention.py --save attention.json    # the table, and the JSON written to a file
@@ -75,9 +75,13 @@ EDITS = ("shape_colour", "background_colour")
 #: solver node inputs for the edits: the toy workflow's few-step settings for EDICT and BDIA (README)
 SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": EQ.SOLVER_NODES["ddim"],
-    "edict": ("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "scaled", "state_dtype": "float64"}),
-    "bdia": ("ExactInversion_BDIASolver", {"gamma": 0.5, "state_dtype": "float64"}),
+    "edict": EQ.SOLVER_NODES["edict_scaled"],
+    "bdia": EQ.SOLVER_NODES["bdia_g08"],
     "ees25": EQ.SOLVER_NODES["ees25"],
+    "belm": EQ.SOLVER_NODES["belm"],
+    "rex": EQ.SOLVER_NODES["rex"],
+    "rf_solver": EQ.SOLVER_NODES["rf_solver"],
+    "fireflow": EQ.SOLVER_NODES["fireflow"],
 }
 GUIDER = "ExactInversion_BlendedGuidance"
 

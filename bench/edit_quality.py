@@ -62,6 +62,7 @@ import torch  # noqa: E402
 from overhead import EvalCounter  # noqa: E402  (the same UNet-call counter)
 
 from testbed import comfyhost  # noqa: E402
+from testbed.solver_nodes import FEW_STEPS  # noqa: E402
 from testbed.solver_nodes import SOLVER_NODES as NODES  # noqa: E402
 from toyworld import judge as J  # noqa: E402
 from toyworld import world as W  # noqa: E402
@@ -70,7 +71,11 @@ from toyworld import world as W  # noqa: E402
 #: the solvers at the pack's defaults (testbed.solver_nodes), under the names this bench's records use
 SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": NODES["ddim"], "edict": NODES["edict"], "bdia": NODES["bdia"], "aidi_a": NODES["aidi"],
-    "ees25": NODES["ees25"],
+    "ees25": NODES["ees25"], "belm": NODES["belm"], "rex": NODES["rex"], "rf_solver": NODES["rf_solver"],
+    "fireflow": NODES["fireflow"],
+    # the few-step settings of the toy workflows (testbed.solver_nodes.FEW_STEPS)
+    "edict_scaled": (NODES["edict"][0], {**NODES["edict"][1], **FEW_STEPS["edict"]}),
+    "bdia_g08": (NODES["bdia"][0], {**NODES["bdia"][1], **FEW_STEPS["bdia"]}),
 }
 METHODS = list(SOLVER_NODES)
 EDITS = ("shape_colour", "background_colour")

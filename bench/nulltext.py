@@ -77,7 +77,7 @@ METHODS: dict[str, tuple[tuple[str, dict[str, Any]], dict[str, Any] | None]] = {
     "bias_correction": (DDIM_NEXT, {"method": "bias_correction"}),
     "bias_correction_toy": (DDIM_NEXT, {"method": "bias_correction", **TOY_NTI}),
     "edict": (("ExactInversion_EDICTSolver", {"p": 0.93, "p_rule": "scaled", "state_dtype": "float64"}), None),
-    "bdia": (("ExactInversion_BDIASolver", {"gamma": 0.5, "state_dtype": "float64"}), None),
+    "bdia": (("ExactInversion_BDIASolver", {"gamma": 0.8, "state_dtype": "float64"}), None),
 }
 EDITS = EQ.EDITS
 

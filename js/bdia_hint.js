@@ -1,16 +1,16 @@
 // BDIA's gamma guard, shown while the user edits gamma: inversion amplifies its start-up error by
 // gamma^-N (solvers/bdia.py, bdia_guard). The same thresholds as the server: a warning above 1e2, and
-// gamma < 0.9 refused at 50 steps or more. The step count lives in the SIGMAS, not on this node, so the
+// refused above 1e6. The step count lives in the SIGMAS, not on this node, so the
 // hint gives the verdict at 25 and 50 steps.
 
 import { onWidgetChange } from "./widgets.js";
 
-export const GUARD = { warnGrowth: 1e2, minGamma: 0.9, minSteps: 50 };
+export const GUARD = { warnGrowth: 1e2, refuseGrowth: 1e6 };
 
-// The guard's verdict at a step count: "ok", "warns" (growth above 1e2) or "refused".
+// The guard's verdict at a step count: "ok", "warns" (growth above 1e2) or "refused" (above 1e6).
 export function bdiaVerdict(gamma, steps) {
   const growth = Number(gamma) ** -steps;
-  if (Number(gamma) < GUARD.minGamma && steps >= GUARD.minSteps) return { verdict: "refused", growth };
+  if (growth > GUARD.refuseGrowth) return { verdict: "refused", growth };
   return { verdict: growth > GUARD.warnGrowth ? "warns" : "ok", growth };
 }
 

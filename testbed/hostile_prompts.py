@@ -57,7 +57,7 @@ MAX_MESSAGE = 1200
 #: Display names of the pack's nodes, as messages name them.
 INVERT, EDIT, SAVE, LOAD = "Invert", "Edit from Inversion", "Save Inversion", "Load Inversion"
 MASK, BLENDED, NTI, CHECK = "Attention Mask", "Blended Guidance Guider", "Null-text Inversion", "Round-trip Check"
-EDICT_NODE, BDIA_NODE, AIDI_NODE = "EDICT Solver", "BDIA Solver", "AIDI Solver"
+EDICT_NODE, BDIA_NODE, AIDI_NODE, REX_NODE = "EDICT Solver", "BDIA Solver", "AIDI Solver", "Rex Solver"
 TOY = "Load Embedded Toy Model"
 
 
@@ -321,6 +321,8 @@ FLOAT_INPUTS: list[tuple[str, Callable[[float], Graph], str, str, float, float]]
      "solver", "gamma", 0.5, 1.0),
     (AIDI_NODE, lambda v: invert_edit(solver=node("ExactInversion_AIDISolver", variant="A", max_iter=3, tol=v,
                                                   window=3, state_dtype="float64")), "solver", "tol", 0.0, 0.01),
+    (REX_NODE, lambda v: invert_edit(solver=node("ExactInversion_RexSolver", tableau="euler", prediction="data",
+                                                 zeta=v, state_dtype="float64")), "solver", "zeta", 0.9, 1.0),
     (MASK, lambda v: attention_mask(start=v), "mask", "start", 0.0, 1.0),
     (MASK, lambda v: attention_mask(end=v), "mask", "end", 0.0, 1.0),
     (BLENDED, lambda v: blended(cfg=v), "blend", "cfg", 0.0, 30.0),
@@ -334,7 +336,8 @@ FLOAT_INPUTS: list[tuple[str, Callable[[float], Graph], str, str, float, float]]
     (NTI, lambda v: null_text(method="bias_correction", start_scale=v), "invert", "start_scale", 0.0, 1.0),
 ]
 
-_SLUG = {EDICT_NODE: "edict", BDIA_NODE: "bdia", AIDI_NODE: "aidi", MASK: "mask", BLENDED: "blended", NTI: "nulltext"}
+_SLUG = {EDICT_NODE: "edict", BDIA_NODE: "bdia", AIDI_NODE: "aidi", REX_NODE: "rex", MASK: "mask", BLENDED: "blended",
+         NTI: "nulltext"}
 
 
 def _non_finite_cases() -> list[Case]:
@@ -735,8 +738,8 @@ PINNED: dict[str, str] = {
     "nulltext-stock-sampler-dpmpp-2m": "Null-text Inversion: input 'sampler' must come from an Exact Inversion solver "
         "node (e.g. 'DDIM Solver'); got KSAMPLER. Stock samplers such as euler cannot be inverted.",
     "bdia-gamma-0.5-at-50-steps": "Invert: input 'sampler' cannot invert on this grid: gamma = 0.5 with 50 steps "
-        "cannot invert: BDIA inversion's parasitic mode grows like gamma^-N = 1.1e+15. Use gamma >= 0.9 (default 1.0) "
-        "or fewer than 50 steps.",
+        "cannot invert: BDIA inversion's parasitic mode grows like gamma^-N = 1.1e+15 (more than 1e+06), so the "
+        "inverted pair is mostly amplified error. Use gamma >= 0.76 at 50 steps (1.0 is the default), or fewer steps.",
     "blended-guider-into-invert": "Blended Guidance Guider: this guider edits an inversion; connect it to 'Edit from "
         "Inversion' (it cannot drive SamplerCustomAdvanced or Invert)",
     "blended-guider-into-sampler-custom-advanced": "Blended Guidance Guider: this guider edits an inversion; connect "

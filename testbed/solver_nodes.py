@@ -23,7 +23,7 @@ SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
     "fireflow": ("ExactInversion_FireFlowSolver", {"state_dtype": "auto"}),
 }
 #: the settings their authors give for few steps, used on the embedded model at 25 steps (its workflows)
-FEW_STEPS = {"edict": {"p_rule": "scaled"}, "bdia": {"gamma": 0.5}}
+FEW_STEPS = {"edict": {"p_rule": "scaled"}, "bdia": {"gamma": 0.8}}
 
 
 def solver_sampler(node_classes: dict, name: str, **override: Any) -> Any:

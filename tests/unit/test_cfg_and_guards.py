@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from solvers import BDIA, DDIM, EDICT, EES25, Schedule, bdia_guard
+from solvers.bdia import GUARD_REFUSE_GROWTH, inversion_growth, smallest_invertible_gamma
 from testbed import gmm as G
 
 CFGS = [1.0, 3.0, 7.5]
@@ -47,7 +50,23 @@ def test_guard_quiet_and_warnings() -> None:
     assert bdia_guard(1.0, 1000) == []
     assert bdia_guard(0.94, 50) == []  # 0.94^-50 = 22
     assert len(bdia_guard(0.94, 100)) == 1  # 485 > 1e2: warn, allowed
-    assert len(bdia_guard(0.5, 10)) == 1  # 1024: warn, allowed below 50 steps
+    assert len(bdia_guard(0.89, 50)) == 1  # 339: warn, allowed (a step-count rule refused it)
+    assert bdia_guard(0.5, 6) == [] and len(bdia_guard(0.5, 7)) == 1  # 64 quiet, 128 warns
+    assert len(bdia_guard(0.7, 25)) == 1  # 7.5e3: warns, allowed (the embedded model edits best near it)
+
+
+def test_guard_decides_by_amplification_not_step_count() -> None:
+    """The authors' editing default (gamma = 0.5 over their "50 timesteps", 49 steps here: 6e14) is refused, and so
+    is gamma = 0.5 at 25 steps (3.4e7) and 0.8 at 100 (4.9e9), while 0.5 at 10 steps (1e3) passes; the refusal
+    names the smallest gamma accepted at that step count, and that gamma passes."""
+    assert len(bdia_guard(0.5, 10)) == 1
+    for gamma, steps in [(0.5, 49), (0.5, 25), (0.8, 100), (0.75, 49)]:
+        with pytest.raises(ValueError, match=rf"gamma\^-N = .* Use gamma >= 0\.\d\d at {steps} steps"):
+            bdia_guard(gamma, steps)
+    for steps in (10, 25, 49, 100):
+        floor = math.ceil(smallest_invertible_gamma(steps) * 100) / 100
+        assert len(bdia_guard(floor, steps)) == 1  # accepted, with a warning
+        assert inversion_growth(floor, steps) <= GUARD_REFUSE_GROWTH < inversion_growth(floor - 0.01, steps)
     assert BDIA(1.0).warnings(G.comfy_grid("eps", 50), Schedule("vp")) == []
 
 
@@ -62,8 +81,9 @@ def test_guard_does_not_block_sampling(bed) -> None:
 
 
 def test_parasitic_mode_grows_like_gamma_power(bed) -> None:
-    """|z_N - z_{N-1}| of the inverted pair shrinks with N for gamma = 1 but grows for gamma = 0.8
-    (parasitic root -1/gamma), still allowed below 50 steps: observed 0.065, 0.26, 1.28 at N = 30, 40, 49."""
+    """|z_N - z_{N-1}| of the inverted pair (lambda grids): with gamma = 0.8 it stays within 1.5x of gamma = 1's
+    up to 0.8^-30 = 808, then the parasitic root -1/gamma takes over: observed 0.065, 0.26, 1.28 at N = 30, 40, 49
+    against gamma = 1's 0.058, 0.042, 0.036 (all allowed: 0.8^-49 = 5.6e4 is below the guard's 1e6)."""
     den, sched = bed.denoiser("eps"), Schedule("vp")
 
     def gap(gamma: float, n: int) -> float:
@@ -72,7 +92,7 @@ def test_parasitic_mode_grows_like_gamma_power(bed) -> None:
         scale = sched.scale(grid[:2])
         return float((scale[0] * lat["x"] - scale[1] * lat["x_next"]).norm())
 
-    g1 = [gap(1.0, n) for n in (30, 40, 49)]
-    g08 = [gap(0.8, n) for n in (30, 40, 49)]
-    assert g1[0] > g1[1] > g1[2]
-    assert g08[0] < g08[1] < g08[2] and g08[2] > 10 * g1[2]
+    for n in (20, 25, 30):
+        assert gap(0.8, n) <= 1.5 * gap(1.0, n), n
+    past = [gap(0.8, n) for n in (30, 40, 49)]
+    assert past[0] < past[1] < past[2] and past[2] > 10 * gap(1.0, 49)
