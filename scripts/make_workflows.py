@@ -253,7 +253,15 @@ SOLVERS = [
                                            "state_dtype": "auto"}),
     ("EES", "ExactInversion_EESSolver", {"scheme": "EES(2,5)", "state_dtype": "auto"}),
 ]
-SOLVER_WIDGETS = {node_type: widgets for _, node_type, widgets in SOLVERS}
+#: the solvers added after the five families of the toy grid: each has its SD workflow, no row in the toy grid
+NEWER_SOLVERS = [
+    ("BELM", "ExactInversion_BELMSolver", {"state_dtype": "auto"}),
+    ("Rex", "ExactInversion_RexSolver", {"tableau": "euler", "prediction": "data", "zeta": 0.999,
+                                         "state_dtype": "auto"}),
+    ("RF-Solver", "ExactInversion_RFSolver", {"state_dtype": "auto"}),
+    ("FireFlow", "ExactInversion_FireFlowSolver", {"state_dtype": "auto"}),
+]
+SOLVER_WIDGETS = {node_type: widgets for _, node_type, widgets in SOLVERS + NEWER_SOLVERS}
 #: the toy workflow's exact solvers at 25 steps: EDICT's p scaled by its rule (0.93^(50/25)) and BDIA's gamma 0.8;
 #: with p 0.93 fixed / gamma 1 the toy edits come out noisy (bench/edit_quality.py). gamma 0.8 was measured best
 #: at 25 steps (24 images: every edit reads right, 22 dB of background kept, exact); the authors' 0.5 for few
@@ -466,6 +474,10 @@ WORKFLOWS = {
     "bdia_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_BDIASolver", "exact_inversion/bdia"),
     "aidi_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_AIDISolver", "exact_inversion/aidi"),
     "ees_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_EESSolver", "exact_inversion/ees"),
+    "belm_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_BELMSolver", "exact_inversion/belm"),
+    "rex_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_RexSolver", "exact_inversion/rex"),
+    "rf_solver_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_RFSolver", "exact_inversion/rf_solver"),
+    "fireflow_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_FireFlowSolver", "exact_inversion/fireflow"),
     "controlnet_invert_edit.json": lambda: controlnet_invert_edit(),
     "save_load_edit.json": lambda: save_load_edit(),
 }

@@ -21,7 +21,8 @@ from testbed.workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 WORKFLOWS_BY_NAME = {p.name: p for p in WORKFLOWS}
-EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
+EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_BELMSolver",
+                 "ExactInversion_RexSolver"}
 
 
 def api_prompt(path: Path) -> dict:
@@ -77,8 +78,9 @@ def test_converter_names_every_widget(host):
 def test_exact_workflows_are_detected():
     """The exactness assertion above must not silently stop applying to the exact-solver files."""
     exact = {p.name for p in WORKFLOWS if is_exact(api_prompt(p))}
-    assert {"edict_invert_edit.json", "bdia_invert_edit.json", "controlnet_invert_edit.json"} <= exact, exact
-    assert "ddim_invert_edit.json" not in exact
+    assert {"edict_invert_edit.json", "bdia_invert_edit.json", "controlnet_invert_edit.json", "belm_invert_edit.json",
+            "rex_invert_edit.json"} <= exact, exact
+    assert not {"ddim_invert_edit.json", "rf_solver_invert_edit.json", "fireflow_invert_edit.json"} & exact
     toy = api_prompt(WORKFLOWS_BY_NAME["toy_invert_edit.json"])
     checks = [k for k, n in toy.items() if n["class_type"] == "ExactInversion_RoundTripCheck"]
     assert sorted(next(iter(upstream_solvers(toy, c))) for c in checks) == sorted(
