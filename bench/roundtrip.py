@@ -25,7 +25,7 @@ sys.path[:0] = [str(REPO)]
 
 import torch  # noqa: E402
 
-from solvers import AIDI, BDIA, DDIM, EDICT, EES25, EES27, Schedule, Solver  # noqa: E402
+from solvers import AIDI, BDIA, BELM, DDIM, EDICT, EES25, EES27, FireFlow, Rex, RFSolver, Schedule, Solver  # noqa: E402
 from testbed import gmm as G  # noqa: E402
 
 METHODS: dict[str, Callable[[str], Solver]] = {
@@ -36,6 +36,11 @@ METHODS: dict[str, Callable[[str], Solver]] = {
     "aidi_a": lambda dt: AIDI("A", state_dtype=dt),
     "ees25": lambda dt: EES25(state_dtype=dt),
     "ees27": lambda dt: EES27(state_dtype=dt),
+    "belm": lambda dt: BELM(state_dtype=dt),
+    "rex_euler": lambda dt: Rex("euler", state_dtype=dt),
+    "rex_rk4": lambda dt: Rex("rk4", state_dtype=dt),
+    "rf_solver": lambda dt: RFSolver(state_dtype=dt),
+    "fireflow": lambda dt: FireFlow(state_dtype=dt),
 }
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -99,12 +104,12 @@ def run_case(method: str, bed: G.Bed, args: argparse.Namespace, steps: int, cfg:
 
 
 def format_table(records: list[dict[str, Any]]) -> str:
-    head = f"{'method':<8} {'steps':>5} {'cfg':>5} {'roundtrip err':>13} {'nfe inv+smp':>12} {'wall ms':>8}"
+    head = f"{'method':<10} {'steps':>5} {'cfg':>5} {'roundtrip err':>13} {'nfe inv+smp':>12} {'wall ms':>8}"
     lines = [head, "-" * len(head)]
     for r in records:
         nfe = f"{r['nfe_invert']}+{r['nfe_sample']}"
         lines.append(
-            f"{r['method']:<8} {r['steps']:>5} {r['cfg']:>5g} {r['roundtrip_rel_error']:>13.2e} "
+            f"{r['method']:<10} {r['steps']:>5} {r['cfg']:>5g} {r['roundtrip_rel_error']:>13.2e} "
             f"{nfe:>12} {1e3 * r['wall_s']:>8.1f}"
         )
     return "\n".join(lines)
