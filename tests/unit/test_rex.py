@@ -6,11 +6,11 @@ Setting: the closed-form test bed (testbed/gmm.py), float64, ComfyUI grids (endi
 
 from __future__ import annotations
 
-import functools
 import json
 
 import pytest
 import torch
+from test_convergence_orders import NS, _problem
 
 from solvers import Schedule
 from solvers.rex import REX_TABLEAUX, Rex
@@ -86,18 +86,6 @@ def test_float32_state(bed) -> None:
 
 
 # --- 2. sampling orders ---------------------------------------------------------------------------------
-
-NS = [10, 20, 40, 80, 160]
-
-
-@functools.cache
-def _problem(prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x_T at the top of the lambda grid, DOP853 reference at its bottom)."""
-    bed = G.Bed()
-    grid = G.lambda_grid(prediction, 10)
-    xT = bed.noisy(prediction, grid)
-    return xT, G.reference_solution(bed.denoiser(prediction), prediction, xT, float(grid[0]), float(grid[-1]))
-
 
 def _sample(bed, solver: Rex, prediction: str, n: int) -> torch.Tensor:
     xT, _ = _problem(prediction)
