@@ -22,7 +22,8 @@ SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
     "rf_solver": ("ExactInversion_RFSolver", {"state_dtype": "auto"}),
     "fireflow": ("ExactInversion_FireFlowSolver", {"state_dtype": "auto"}),
 }
-#: the settings their authors give for few steps, used on the embedded model at 25 steps (its workflows)
+#: the few-step settings of the embedded model's workflows at 25 steps: EDICT's p scaled by its authors' rule,
+#: BDIA's gamma 0.8 (measured best there by bench/edit_quality.py; the authors' 0.5 is refused at 25 steps)
 FEW_STEPS = {"edict": {"p_rule": "scaled"}, "bdia": {"gamma": 0.8}}
 
 
