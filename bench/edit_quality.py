@@ -94,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cfg-invert", type=float, default=1.0, help="CFG of inversion and reconstruction")
     ap.add_argument("--cfg-edit", type=float, default=4.0, help="CFG of the edits")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS)
+    ap.add_argument("--bdia-gammas", nargs="+", type=float, default=[], metavar="GAMMA",
+                    help="also BDIA at these gammas (methods bdia_g<gamma>; one the guard refuses is reported as such)")
     ap.add_argument("--json", action="store_true", help="print only a JSON list of records")
     ap.add_argument("--grid", type=Path, default=REPO / "bench_output" / "edit_quality.png", help="PNG grid path")
     ap.add_argument("--grid-rows", type=int, default=4, help="images shown in the grid")
@@ -102,6 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--n and --steps must be >= 1, --grid-rows >= 0")
     if args.model is not None and (args.model.suffix != ".safetensors" or not args.model.is_file()):
         ap.error(f"--model {args.model}: not a .safetensors file")
+    if any(not 0.0 < g <= 1.0 for g in args.bdia_gammas):
+        ap.error("--bdia-gammas: each gamma must be in (0, 1]")
+    for gamma in args.bdia_gammas:
+        method = f"bdia_g{gamma:g}"
+        SOLVER_NODES[method] = (NODES["bdia"][0], {**NODES["bdia"][1], "gamma": gamma})
+        args.methods = [*args.methods, method]
     return args
 
 
