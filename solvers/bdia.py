@@ -177,11 +177,15 @@ class BDIA(Solver):
         return {"x": self._to_x(state["z"], s[i], schedule), "x_prev": self._to_x(state["z_above"], s[i - 1], schedule)}
 
     def from_hook(self, state, given, view, s, i, schedule):
-        """A state the hook hands back untouched keeps its z bit for bit; a new one enters the lattice."""
-        z_above = state["z_above"] if view["x_prev"] is given["x_prev"] else self._to_z(view["x_prev"], s[i - 1],
-                                                                                          schedule)
-        z = state["z"] if view["x"] is given["x"] else self._to_z(view["x"], s[i], schedule)
-        return {"z_above": z_above, "z": z}
+        """Every value the hook leaves as it was keeps its z bit for bit (x -> z is not exact off the lattice: a
+        blended batch's reconstruction half must stay the plain run's); changed values enter the lattice."""
+        return {"z_above": self._kept(state["z_above"], given["x_prev"], view["x_prev"], s[i - 1], schedule),
+                "z": self._kept(state["z"], given["x"], view["x"], s[i], schedule)}
+
+    def _kept(self, z: Tensor, given: Tensor, returned: Tensor, sigma: Tensor, schedule: Schedule) -> Tensor:
+        if returned is given:
+            return z
+        return torch.where(returned == given, z, self._to_z(returned.to(z.dtype), sigma, schedule))
 
     def _check_next(self, x_next: Tensor, x: Tensor) -> Tensor:
         if x_next.shape != x.shape:

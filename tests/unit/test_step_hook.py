@@ -26,7 +26,10 @@ def _solver(name: str):
 
 @pytest.mark.parametrize("name", sorted(SOLVERS))
 @pytest.mark.parametrize("prediction", ["eps", "flow"])
-def test_identity_hook_changes_nothing_and_sees_every_step(bed, name: str, prediction) -> None:
+@pytest.mark.parametrize("copies", [False, True], ids=["same", "copies"])
+def test_identity_hook_changes_nothing_and_sees_every_step(bed, name: str, prediction, copies: bool) -> None:
+    """A hook that hands the state back, or equal copies of it (as a batch blend does for the branch it keeps),
+    leaves the run bit-identical."""
     grid = G.comfy_grid(prediction, STEPS)
     den, sched = bed.denoiser(prediction, 3.0), Schedule.for_prediction(prediction)
     solver = _solver(name)
@@ -35,7 +38,7 @@ def test_identity_hook_changes_nothing_and_sees_every_step(bed, name: str, predi
 
     def hook(step, state, denoised):
         calls.append((step, set(state), denoised is not None))
-        return state
+        return {k: v.clone() for k, v in state.items()} if copies else state
 
     plain = solver.sample(den, latents, grid, sched)
     hooked = solver.sample(den, latents, grid, sched, hook=hook)
