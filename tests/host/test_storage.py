@@ -70,7 +70,8 @@ def test_file_metadata(host, world):
         header = json.loads(f.metadata()["exact_inversion"])
         keys = set(f.keys())
     assert header["format"] == "exact-inversion/inversion" and header["format_version"] == 1
-    assert header["solver"] == "edict" and header["params"] == {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64"}
+    assert header["solver"] == "edict" and header["params"] == {"p": 0.93, "p_rule": "fixed", "state_dtype": "float64",
+                                                                "mixing": "authors"}
     assert header["latent_shape"] == [1, 4, 8, 8] and header["steps"] == 8
     assert keys == {"sigmas", "latent.x", "latent.y", "extra.source_latent", "extra.noise_latent"}
     meta = header["meta"]

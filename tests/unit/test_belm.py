@@ -116,7 +116,7 @@ def test_coefficients() -> None:
 @pytest.mark.parametrize("prediction", ["eps", "flow"])
 def test_sampling_order(bed, prediction: str) -> None:
     """Observed 1.98 (eps: 1.4e-2 ... 6.0e-5) and 2.01 (flow: 5.4e-3 ... 2.1e-5) for N = 10..160."""
-    from tests.unit.test_convergence_orders import NS, sampling_errors
+    from test_convergence_orders import NS, sampling_errors
 
     errs = sampling_errors(bed, BELM, prediction)
     slope = G.fitted_order(NS, errs)
