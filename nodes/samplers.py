@@ -26,6 +26,12 @@ def state_dtype_input() -> io.Combo.Input:
                           tooltip=STATE_DTYPE_TOOLTIP)
 
 
+def state_dtype_only_schema(node: str, display_name: str, description: str) -> io.Schema:
+    """The schema of a solver node whose only input is its state dtype (its maths has no parameters)."""
+    return io.Schema(node_id=node_id(node), display_name=display_name, category=CATEGORY, description=description,
+                     inputs=[state_dtype_input()], outputs=[io.Sampler.Output(display_name="SAMPLER")])
+
+
 def _make(node: str, build, state_dtype: str, **kwargs) -> io.NodeOutput:
     """Build a solver, turning a parameter error into a message that names the node.
 
@@ -198,15 +204,11 @@ class BELMSolver(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id=node_id("BELMSolver"),
-            display_name="BELM Solver",
-            category=CATEGORY,
-            description="O-BELM (Wang et al. 2024): exact inversion at DDIM's cost (1 model evaluation per step), "
-                        "second order on any grid, storing the last two latents like BDIA. Without parameters: its "
-                        "coefficients come from the step sizes.",
-            inputs=[state_dtype_input()],
-            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        return state_dtype_only_schema(
+            "BELMSolver", "BELM Solver",
+            "O-BELM (Wang et al. 2024): exact inversion at DDIM's cost (1 model evaluation per step), "
+            "second order on any grid, storing the last two latents like BDIA. Without parameters: its "
+            "coefficients come from the step sizes.",
         )
 
     @classmethod
@@ -251,15 +253,11 @@ class RFSolverNode(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id=node_id("RFSolver"),
-            display_name="RF-Solver",
-            category=CATEGORY,
-            description="RF-Solver (Wang et al. 2024): a second-order step (explicit midpoint) for rectified-flow "
-                        "models such as Flux and SD3, also usable on eps and v models. Inverting with it is not "
-                        "exact, only far closer than DDIM. 2 model evaluations per step.",
-            inputs=[state_dtype_input()],
-            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        return state_dtype_only_schema(
+            "RFSolver", "RF-Solver",
+            "RF-Solver (Wang et al. 2024): a second-order step (explicit midpoint) for rectified-flow "
+            "models such as Flux and SD3, also usable on eps and v models. Inverting with it is not "
+            "exact, only far closer than DDIM. 2 model evaluations per step.",
         )
 
     @classmethod
@@ -272,15 +270,11 @@ class FireFlowSolver(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id=node_id("FireFlowSolver"),
-            display_name="FireFlow Solver",
-            category=CATEGORY,
-            description="FireFlow (Deng et al. 2025): RF-Solver's midpoint step with each step's midpoint velocity "
-                        "reused to start the next, so 1 model evaluation per step (2 on the first). Not exact; "
-                        "at equal evaluations its round trip beats RF-Solver's. Use EDICT or BDIA to be exact.",
-            inputs=[state_dtype_input()],
-            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        return state_dtype_only_schema(
+            "FireFlowSolver", "FireFlow Solver",
+            "FireFlow (Deng et al. 2025): RF-Solver's midpoint step with each step's midpoint velocity "
+            "reused to start the next, so 1 model evaluation per step (2 on the first). Not exact; "
+            "at equal evaluations its round trip beats RF-Solver's. Use EDICT or BDIA to be exact.",
         )
 
     @classmethod
