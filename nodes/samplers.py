@@ -282,5 +282,51 @@ class FireFlowSolver(io.ComfyNode):
         return _make("FireFlow Solver", FireFlow, state_dtype=state_dtype)
 
 
+#: Solver Recipe's choices: each solver at the settings the README recommends for about 25 steps (measured
+#: by bench/edit_quality.py on the embedded model; BDIA's gamma 0.8 and EDICT's scaled p edit best there).
+#: The first is the default: exact, DDIM's cost, and its edits read right (README "Which solver when").
+RECIPES: dict[str, tuple[type[Solver], dict]] = {
+    "BDIA (gamma 0.8)": (BDIA, {"gamma": 0.8}),
+    "EDICT (p 0.93, scaled)": (EDICT, {"p": 0.93, "p_rule": "scaled"}),
+    "Rex (euler)": (Rex, {"tableau": "euler", "prediction": "data", "zeta": 0.999}),
+    "BELM": (BELM, {}),
+    "DDIM": (DDIM, {"inversion_label": "current"}),
+    "AIDI (Anderson)": (AIDI, {"variant": "A", "max_iter": 6, "tol": 1e-8, "window": 3}),
+    "EES(2,5)": (EES25, {}),
+    "RF-Solver": (RFSolver, {}),
+    "FireFlow": (FireFlow, {}),
+}
+
+
+class SolverRecipe(io.ComfyNode):
+    """One node for every solver at its recommended settings: the solver choice a blueprint exposes."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=node_id("SolverRecipe"),
+            display_name="Solver (recipe)",
+            category=CATEGORY,
+            description="Any of the pack's solvers by name, at the settings measured best for edits at about "
+                        "25 steps. Use the solver's own node to change its parameters.",
+            inputs=[
+                io.Combo.Input("solver", options=list(RECIPES), default=next(iter(RECIPES)),
+                               tooltip="BDIA (gamma 0.8): exact at DDIM's cost, edits read right at 10-60 steps "
+                                       "(refused from 62 steps: there use the BDIA node). EDICT, Rex, BELM: exact at "
+                                       "2x (EDICT, Rex) or 1x the cost. DDIM, AIDI, EES, RF-Solver, FireFlow: "
+                                       "approximate inversion."),
+                state_dtype_input(),
+            ],
+            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+        )
+
+    @classmethod
+    def execute(cls, solver: str, state_dtype: str) -> io.NodeOutput:
+        if solver not in RECIPES:
+            raise ValueError(f"Solver (recipe): input 'solver' must be one of {', '.join(RECIPES)}, got {solver!r}")
+        build, params = RECIPES[solver]
+        return _make("Solver (recipe)", build, state_dtype=state_dtype, **params)
+
+
 NODES = [DDIMSolver, EDICTSolver, BDIASolver, AIDISolver, EESSolver, BELMSolver, RexSolver, RFSolverNode,
-         FireFlowSolver]
+         FireFlowSolver, SolverRecipe]
