@@ -23,8 +23,10 @@ host:
 browser:
 	scripts/setup_browser.sh
 
+# workflows/*.json and the subgraph blueprints in subgraphs/, from the real node definitions
 workflows: host
 	$(PY) scripts/make_workflows.py
+	$(PY) scripts/make_blueprints.py
 
 docs: host
 	$(PY) scripts/node_reference.py

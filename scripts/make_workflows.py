@@ -15,7 +15,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-Ref = tuple["Node", int]
+Ref = tuple["Node | Port", int]
 
 #: Height (canvas px, without the title) to leave for a node: its widgets plus what a run adds (image
 #: previews, our report panel; the word picker's chips). Rows are spaced by their tallest node, so the
@@ -72,6 +72,29 @@ class Node:
     def out(self, slot: int = 0) -> Ref:
         return (self, slot)
 
+    def widget_links(self) -> dict[str, Any]:
+        """Widgets fed by a blueprint's widget (a Port with a value): their values, which the file still holds."""
+        return {name: src.value for name, (src, _) in self.links.items() if isinstance(src, Port) and src.is_widget}
+
+
+class Port:
+    """An input of a blueprint (subgraph): a socket (MODEL, IMAGE, ...) or a widget (STRING, INT, FLOAT, COMBO)
+    shown on the blueprint's node, linked inside to the node inputs that use it. Its links start at the
+    subgraph's input node, id -10, slot ``index``."""
+
+    id = -10
+    WIDGET_KINDS = ("STRING", "INT", "FLOAT", "COMBO")
+
+    def __init__(self, index: int, name: str, kind: str, value: Any = None, label: str | None = None) -> None:
+        self.index, self.name, self.kind, self.value, self.label = index, name, kind, value, label
+
+    @property
+    def is_widget(self) -> bool:
+        return self.kind in self.WIDGET_KINDS
+
+    def out(self) -> Ref:
+        return (self, self.index)
+
 
 class Graph:
     def __init__(self) -> None:
@@ -84,7 +107,10 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def to_ui(self) -> dict[str, Any]:
+    def to_ui(self, widget_inputs: bool = False) -> dict[str, Any]:
+        """The graph in the front end's format. ``widget_inputs``: list every widget as an input slot too, after
+        the sockets, as front ends from 1.16 save nodes; a link's slot then counts them (blueprints need it:
+        their inputs link to widgets). The workflows keep the older, shorter form, which both front ends read."""
         import nodes as comfy_nodes
 
         defs = {n.type: comfy_nodes.NODE_CLASS_MAPPINGS[n.type] for n in self.nodes}
@@ -98,7 +124,7 @@ class Graph:
                 if name not in all_inputs:
                     raise KeyError(f"{node.type} has no input {name!r}")
                 link_id = len(link_rows) + 1
-                kind = defs[src.type].RETURN_TYPES[slot]
+                kind = src.kind if isinstance(src, Port) else defs[src.type].RETURN_TYPES[slot]
                 link_rows.append([link_id, src.id, slot, node.id, None, kind])
                 out_links.setdefault((src.id, slot), []).append(link_id)
                 in_links[(node.id, name)] = link_id
@@ -117,9 +143,16 @@ class Graph:
                 if (node.id, name) in in_links:
                     inputs.append({"name": name, "type": kind if isinstance(kind, str) else "COMBO",
                                    "link": in_links[(node.id, name)]})
+                    if name in node.widget_links():  # a blueprint's widget drives this widget
+                        inputs[-1]["widget"] = {"name": name}
                 elif isinstance(kind, str) and (kind not in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
                                                 or _socket_only(sp)):
                     inputs.append({"name": name, "type": kind, "link": None})
+                elif widget_inputs:
+                    inputs.append({"name": name, "type": kind if isinstance(kind, str) else "COMBO",
+                                   "widget": {"name": name}, "link": None})
+            if widget_inputs:  # the front ends' slot order: sockets first, then the widgets (1.32 matches by slot)
+                inputs.sort(key=lambda inp: "widget" in inp)
             for slot_index, inp in enumerate(inputs):
                 if inp["link"] is not None:
                     link_rows[inp["link"] - 1][4] = slot_index
@@ -130,7 +163,8 @@ class Graph:
                   "size": [320, NODE_HEIGHTS.get(node.type, DEFAULT_HEIGHT)], "flags": {}, "order": order,
                   "mode": 0, "inputs": inputs,
                   "outputs": outputs, "properties": {"Node name for S&R": node.type},
-                  "widgets_values": widget_values(node.type, spec, node.widgets, set(node.links))}
+                  "widgets_values": widget_values(node.type, spec, {**node.widgets, **node.widget_links()},
+                                                  set(node.links) - set(node.widget_links()))}
             if node.title:
                 ui["title"] = node.title
             ui_nodes.append(ui)

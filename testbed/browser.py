@@ -137,10 +137,17 @@ class Page:
     def goto(self, url: str) -> None:
         self.send("Page.navigate", {"url": url})
 
-    def click(self, x: float, y: float) -> None:
-        """A real mouse click at page coordinates (press and release, left button)."""
-        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": 1})
+    def click(self, x: float, y: float, count: int = 1) -> None:
+        """A real mouse click at page coordinates (press and release, left button); count 2 double-clicks."""
+        self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+        for n in range(1, count + 1):
+            for kind in ("mousePressed", "mouseReleased"):
+                self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": n})
+
+    def press(self, key: str, code: int) -> None:
+        """Press and release one key (``key`` as KeyboardEvent.key names it, ``code`` its Windows key code)."""
+        for kind in ("keyDown", "keyUp"):
+            self.send("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code})
 
     def type_text(self, text: str) -> None:
         """Type into the focused element as a keyboard would (trusted input events), so whatever a widget

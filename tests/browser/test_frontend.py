@@ -152,12 +152,13 @@ def tree_leaves_under(folder: str) -> str:
         "return null; })()")
 
 
-def run_from_ui(page, server) -> dict:
-    """Queue the canvas as the Run button does, and wait for the server's history entry of that run."""
+def run_from_ui(page, server, timeout: float = 60.0) -> dict:
+    """Queue the canvas as the Run button does, and wait (up to ``timeout`` s) for the server's history entry of
+    that run, which appears when the run ends."""
     before = set(get_json(server["url"] + "/history"))
     page.js("app.queuePrompt(0, 1).then(() => true)")
     new = page.wait_for(f"fetch('/history').then((r) => r.json()).then((h) => Object.keys(h).filter((k) => "
-                        f"!{json.dumps(sorted(before))}.includes(k)))", timeout=60)
+                        f"!{json.dumps(sorted(before))}.includes(k)))", timeout=timeout)
     return wait_history(server["url"], new[0], timeout=300)
 
 

@@ -19,12 +19,13 @@ from testbed.workflow_api import TINY_LOADERS, swap_loaders, ui_to_api, upstream
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+BLUEPRINTS = sorted((REPO / "subgraphs").glob("*.json"))
 OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversion_Edit",
              "ExactInversion_RoundTripCheck",
             "ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_AIDISolver",
             "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
             "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance",
-            "ExactInversion_NullTextInversion"}
+            "ExactInversion_NullTextInversion", "ExactInversion_SolverRecipe"}
 EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
 
@@ -65,6 +66,18 @@ def test_workflows_listed_as_templates(server):
         # the Templates browser's thumbnail (scripts/ui_screenshots.py)
         with urllib.request.urlopen(f"{server['url']}/api/workflow_templates/exact-inversion/{path.stem}.jpg") as r:
             assert r.headers["Content-Type"] == "image/jpeg" and r.read(3) == b"\xff\xd8\xff"
+
+
+def test_blueprints_listed_as_global_subgraphs(server):
+    """ComfyUI serves subgraphs/*.json at /global_subgraphs, named after the file, as our pack's; each entry's
+    data is the file (scripts/make_blueprints.py; the front end's blueprint library reads these)."""
+    listed = get_json(server["url"] + "/global_subgraphs")
+    ours = {key: entry for key, entry in listed.items() if entry["source"] == "custom_node"
+            and entry["info"]["node_pack"] == "custom_nodes.exact-inversion"}
+    assert sorted(entry["name"] for entry in ours.values()) == [p.stem for p in BLUEPRINTS]
+    for key, entry in ours.items():
+        served = get_json(f"{server['url']}/global_subgraphs/{key}")
+        assert json.loads(served["data"]) == json.loads((REPO / "subgraphs" / f"{entry['name']}.json").read_text())
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
