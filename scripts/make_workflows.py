@@ -254,6 +254,35 @@ def controlnet_invert_edit(solver_type: str = "ExactInversion_EDICTSolver",
     return g
 
 
+#: RF-Edit's Flux-dev settings (algorithms.md 10.3): distilled guidance 1 to invert, 5 to edit; its 25 steps for
+#: RF-Solver, FireFlow's headline 8 (2 + 7 evaluations each way)
+FLUX_GUIDANCE_INVERT, FLUX_GUIDANCE_EDIT = 1.0, 5.0
+FLUX_STEPS = {"ExactInversion_RFSolver": 25, "ExactInversion_FireFlowSolver": 8}
+
+
+def flux_invert_edit(solver_type: str, prefix: str) -> Graph:
+    """A Flux-dev inversion and edit as Flux users run them: the all-in-one checkpoint, distilled guidance
+    (FluxGuidance) through one-pass BasicGuiders, the 'simple' schedule, and RF-Solver or FireFlow."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", {"ckpt_name": "flux1-dev-fp8.safetensors"}, 0, 0)
+    image = g.add("LoadImage", {"image": "example.png"}, 0, 1)
+    src = g.add("CLIPTextEncode", {"text": "a photo of a dog on the grass"}, 1, 0, "Source prompt", clip=ckpt.out(1))
+    tgt = g.add("CLIPTextEncode", {"text": "a photo of a cat on the grass"}, 1, 1, "Target prompt", clip=ckpt.out(1))
+    enc = g.add("VAEEncode", {}, 1, 3, pixels=image.out(0), vae=ckpt.out(2))
+    f_src = g.add("FluxGuidance", {"guidance": FLUX_GUIDANCE_INVERT}, 2, 0, "Inversion guidance",
+                  conditioning=src.out(0))
+    f_tgt = g.add("FluxGuidance", {"guidance": FLUX_GUIDANCE_EDIT}, 2, 1, "Edit guidance", conditioning=tgt.out(0))
+    g_src = g.add("BasicGuider", {}, 3, 0, "Source guider (inversion)", model=ckpt.out(0), conditioning=f_src.out(0))
+    g_tgt = g.add("BasicGuider", {}, 3, 1, "Target guider (edit)", model=ckpt.out(0), conditioning=f_tgt.out(0))
+    sigmas = g.add("BasicScheduler", {"scheduler": "simple", "steps": FLUX_STEPS[solver_type], "denoise": 1.0}, 3, 2,
+                   model=ckpt.out(0))
+    solver = g.add(solver_type, SOLVER_WIDGETS[solver_type], 3, 3)
+    inv = g.add("ExactInversion_Invert", {}, 4, 0, guider=g_src.out(0), sampler=solver.out(0), sigmas=sigmas.out(0),
+                latent=enc.out(0))
+    _edit_reconstruct_save(g, ckpt, g_src, g_tgt, sigmas, inv.out(0), {"original_latent": enc.out(0)}, 5, prefix)
+    return g
+
+
 def save_load_edit(prefix: str = "exact_inversion/save_load") -> Graph:
     """Invert with BDIA, save the inversion, load it back and edit from the loaded file.
 
@@ -512,6 +541,9 @@ WORKFLOWS = {
     "rex_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_RexSolver", "exact_inversion/rex"),
     "rf_solver_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_RFSolver", "exact_inversion/rf_solver"),
     "fireflow_invert_edit.json": lambda: sd15_invert_edit("ExactInversion_FireFlowSolver", "exact_inversion/fireflow"),
+    "flux_rf_solver_edit.json": lambda: flux_invert_edit("ExactInversion_RFSolver", "exact_inversion/flux_rf_solver"),
+    "flux_fireflow_edit.json": lambda: flux_invert_edit("ExactInversion_FireFlowSolver",
+                                                        "exact_inversion/flux_fireflow"),
     "controlnet_invert_edit.json": lambda: controlnet_invert_edit(),
     "save_load_edit.json": lambda: save_load_edit(),
 }

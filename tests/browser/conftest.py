@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("EXACT_INVERSION_ARTIFACTS", REPO / "test_artifacts")) / "browser"
 #: Checkpoints the stock-loader workflows name. The user has them; here empty placeholder files make the
 #: loaders' lists hold them, as on the user's machine. Nothing reads them: those workflows are not run here.
-USER_MODELS = {"checkpoints": ["v1-5-pruned-emaonly.safetensors"],
+USER_MODELS = {"checkpoints": ["v1-5-pruned-emaonly.safetensors", "flux1-dev-fp8.safetensors"],
                "controlnet": ["control_v11p_sd15_canny.safetensors"]}
 
 
