@@ -32,6 +32,7 @@ export function addBdiaHint(node) {
   const widget = node.addDOMWidget("bdia_hint", "exact_inversion_hint", box, {
     serialize: false,
     hideOnZoom: false,
+    hideInPanel: true, // a view, not a parameter: 1.45's properties panel would list it empty
     getMinHeight: () => 20,
     getMaxHeight: () => 40,
   });

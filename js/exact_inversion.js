@@ -4,6 +4,9 @@
 // - BDIA hint: gamma's error growth and the guard's verdict, live while gamma is edited.
 // Figures (the round-trip check's image, Attention Mask's mask) are the nodes' own image outputs,
 // which ComfyUI shows on the node after a run.
+// Both renderers: on the classic canvas the front end positions our DOM widgets over the node; in "Nodes 2.0"
+// (Vue nodes, opt-in) it moves the same elements into the Vue node, which sizes itself to them, and draws
+// node.color/bgcolor (our warning tint) and the image previews itself (tests/browser/test_nodes_2.py).
 import { app } from "../../scripts/app.js";
 import { addBdiaHint } from "./bdia_hint.js";
 import { fitWidgets } from "./widgets.js";

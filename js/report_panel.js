@@ -32,6 +32,7 @@ function panelOf(node) {
   widget = node.addDOMWidget("exact_inversion_report", "exact_inversion_report", box, {
     serialize: false,
     hideOnZoom: false,
+    hideInPanel: true, // a view, not a parameter: 1.45's properties panel would list it empty
     getMinHeight: () => reportHeight(node.exactInversionReport ?? [], node.size?.[0] ?? 300),
     getMaxHeight: () => 220,
   });

@@ -1,8 +1,11 @@
 // Helpers our widgets share: node sizing, and listening to another widget's changes.
 
 // A workflow saved before our widgets existed restores its old node size; growing the node (never
-// shrinking it) keeps the chips, the hint and the report visible.
+// shrinking it) keeps the chips, the hint and the report visible. Not in the Nodes 2.0 (Vue) renderer: there
+// a node grows to its content by itself, and a size set from script would fight that layout (the front
+// end's own widget layout skips setSize in that mode too).
 export function fitWidgets(node) {
+  if (globalThis.LiteGraph?.vueNodesMode) return;
   const min = node.computeSize?.();
   if (min && node.size && node.size[1] < min[1]) node.setSize([Math.max(node.size[0], min[0]), min[1]]);
 }

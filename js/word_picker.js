@@ -42,6 +42,7 @@ export function addWordPicker(node, spec) {
   const widget = node.addDOMWidget("word_picker", "exact_inversion_word_picker", box, {
     serialize: false,
     hideOnZoom: false,
+    hideInPanel: true, // a view, not a parameter: 1.45's properties panel would list it empty
     getMinHeight: () => Math.min(96, 8 + 24 * chipRows(words, node.size?.[0] ?? 300)),
     getMaxHeight: () => 96,
   });

@@ -24,7 +24,8 @@ DOCS = {"run_check_closeup.png": "round_trip_check.png", "word_picker.png": "wor
         "run_warning.png": "edit_warning.png", "bdia_hint.png": "bdia_hint.png",
         "templates.png": "templates.png", "node_library.png": "node_library.png",
         "attention_mask.png": "attention_mask.png",
-        "thumb_toy_blended_edit.png": "toy_blended_edit.png", "thumb_toy_invert_edit.png": "toy_invert_edit.png"}
+        "thumb_toy_blended_edit.png": "toy_blended_edit.png", "thumb_toy_invert_edit.png": "toy_invert_edit.png",
+        "blueprint_exact_local_edit.png": "blueprint.png", "help_page.png": "help_page.png"}
 CANVAS = (56, 72)  # left side bar and top tabs of the 1920x1080 window, in pixels
 THUMB_WIDTH = 512
 DOC_WIDTH = 1280

@@ -144,6 +144,11 @@ class Page:
             for kind in ("mousePressed", "mouseReleased"):
                 self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, "button": "left", "clickCount": n})
 
+    def move(self, x: float, y: float) -> None:
+        """Move the mouse to page coordinates (no button): what hover and drag-to-place listen to."""
+        self.send("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": x, "y": y})
+        time.sleep(0.1)
+
     def press(self, key: str, code: int) -> None:
         """Press and release one key (``key`` as KeyboardEvent.key names it, ``code`` its Windows key code)."""
         for kind in ("keyDown", "keyUp"):
