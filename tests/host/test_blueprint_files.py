@@ -1,5 +1,6 @@
 """The subgraph blueprints in subgraphs/: written by scripts/make_blueprints.py, and wired as the front end reads
-them (the browser layer drops each into a graph and runs it; tests/server checks /global_subgraphs lists them)."""
+them (the browser layer, tests/browser/test_blueprints.py, drops each into a graph and runs it; tests/server checks
+/global_subgraphs lists them)."""
 
 from __future__ import annotations
 
