@@ -93,7 +93,7 @@ class Blueprint:
                 "definitions": {"subgraphs": [definition]}, "extra": {}}
 
 
-def _common(bp: Blueprint, cfg: float, solver: str) -> dict[str, Ref]:
+def _common(bp: Blueprint, cfg: float, solver: str, cfg_label: str = "edit cfg") -> dict[str, Ref]:
     """The inputs every blueprint shows: the model's three parts, the image, both prompts, solver, steps, cfg."""
     return {"model": bp.input("model", "MODEL"), "clip": bp.input("clip", "CLIP"), "vae": bp.input("vae", "VAE"),
             "image": bp.input("image", "IMAGE"),
@@ -101,7 +101,7 @@ def _common(bp: Blueprint, cfg: float, solver: str) -> dict[str, Ref]:
             "target": bp.input("target_prompt", "STRING", TARGET, "target prompt (the edit)"),
             "solver": bp.input("solver", "COMBO", solver),
             "steps": bp.input("steps", "INT", STEPS),
-            "cfg": bp.input("cfg", "FLOAT", cfg, "edit cfg")}
+            "cfg": bp.input("cfg", "FLOAT", cfg, cfg_label)}
 
 
 def _prompts_latent_grid(g: Graph, p: dict[str, Ref]) -> dict[str, Node]:
@@ -162,7 +162,7 @@ def null_text_edit() -> Blueprint:
     bp = Blueprint("High-cfg Edit (null-text inversion)",
                    "Edits at a high cfg (7.5) without losing the image: null-text inversion learns the negative "
                    "prompt's embeddings so the source prompt at that cfg reconstructs the input; the edit reuses them.")
-    p = _common(bp, NTI_CFG, "DDIM")
+    p = _common(bp, NTI_CFG, "DDIM", "cfg (inversion and edit)")
     g = bp.graph
     n = _prompts_latent_grid(g, p)
     g_src = g.add("CFGGuider", {}, 1, 0, "Source guider (inversion)", model=p["model"], positive=n["src"].out(0),
