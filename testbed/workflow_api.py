@@ -13,6 +13,9 @@ from typing import Any
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SKIPPED_NODE_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+#: solver nodes whose round trip is exact: a Round-trip Check they feed must report <= 1e-5 relative
+EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_BELMSolver",
+                 "ExactInversion_RexSolver"}
 
 
 def _is_widget(spec: Any) -> bool:

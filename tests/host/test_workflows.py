@@ -1,28 +1,30 @@
-"""Every workflow in workflows/ runs through ComfyUI's validate_prompt + PromptExecutor.
+"""The workflows in workflows/ in ComfyUI's validate_prompt + PromptExecutor: their conversion to the API format,
+the loader swap, the ControlNet workflow's effect, and that the committed files are what the script generates.
 
-Each file is converted from the front end's UI format to the API format, its checkpoint and
-ControlNet loaders are swapped for the tiny test loaders, and everything else is run unchanged.
+Every workflow is run end to end (and its exact round trips checked) over HTTP in tests/server/test_server.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from testbed import comfyhost
-from testbed.workflow_api import TINY_LOADERS, comfy_input_types, swap_loaders, ui_to_api, upstream_solvers
+from testbed.workflow_api import (
+    EXACT_SOLVERS,
+    TINY_LOADERS,
+    comfy_input_types,
+    swap_loaders,
+    ui_to_api,
+    upstream_solvers,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 WORKFLOWS_BY_NAME = {p.name: p for p in WORKFLOWS}
-EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver", "ExactInversion_BELMSolver",
-                 "ExactInversion_RexSolver"}
 
 
 def api_prompt(path: Path) -> dict:
@@ -40,28 +42,6 @@ def test_there_are_workflows():
     assert WORKFLOWS, "workflows/ is empty"
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
-def test_workflow_runs(host, path):
-    prompt = api_prompt(path)
-    before = set(os.listdir(host["work"]))
-    outputs = comfyhost.run_prompt(prompt)
-    images = [img for node in outputs.values() for img in node.get("images", [])]
-    assert any(img["type"] == "output" for img in images), "no image was saved"
-    for img in images:  # saved images under output/, node previews under temp/
-        assert img["type"] in ("output", "temp"), img
-        assert (Path(host["work"]) / img["type"] / img["subfolder"] / img["filename"]).is_file()
-    assert set(os.listdir(host["work"])) == before  # nothing written beside ComfyUI's folders
-    checks = [k for k, n in prompt.items() if n["class_type"] == "ExactInversion_RoundTripCheck"]
-    assert checks and set(checks) <= set(outputs), outputs
-    for check in checks:  # every check fed by an exact solver reports an exact round trip
-        report = next(t for t in outputs[check]["text"] if "round trip" in t)
-        relative = float(re.search(r"relative ([0-9.e+-]+)", report).group(1))
-        solvers = upstream_solvers(prompt, check)
-        assert len(solvers) == 1, (check, solvers)
-        if solvers <= EXACT_SOLVERS:
-            assert relative <= 1e-5, (path.name, solvers, report)
-
-
 def test_converter_names_every_widget(host):
     """The UI -> API conversion consumes exactly the widget values of each node."""
     for path in WORKFLOWS:
@@ -76,7 +56,8 @@ def test_converter_names_every_widget(host):
 
 
 def test_exact_workflows_are_detected():
-    """The exactness assertion above must not silently stop applying to the exact-solver files."""
+    """The HTTP run's exactness assertion (tests/server/test_server.py) must not silently stop applying to the
+    exact-solver files."""
     exact = {p.name for p in WORKFLOWS if is_exact(api_prompt(p))}
     assert {"edict_invert_edit.json", "bdia_invert_edit.json", "controlnet_invert_edit.json", "belm_invert_edit.json",
             "rex_invert_edit.json"} <= exact, exact

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from testbed.comfy_server import comfy_server, get_json, run_prompt
-from testbed.workflow_api import TINY_LOADERS, swap_loaders, ui_to_api, upstream_solvers
+from testbed.workflow_api import EXACT_SOLVERS, TINY_LOADERS, swap_loaders, ui_to_api, upstream_solvers
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
@@ -26,7 +26,6 @@ OUR_NODES = {"ExactInversion_DDIMSolver", "ExactInversion_Invert", "ExactInversi
             "ExactInversion_EESSolver", "ExactInversion_SaveInversion", "ExactInversion_LoadInversion",
             "ExactInversion_ToyModelLoader", "ExactInversion_AttentionMask", "ExactInversion_BlendedGuidance",
             "ExactInversion_NullTextInversion", "ExactInversion_SolverRecipe"}
-EXACT_SOLVERS = {"ExactInversion_EDICTSolver", "ExactInversion_BDIASolver"}
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +86,18 @@ def test_workflow_succeeds_over_http(server, path):
     types = {n["type"]: info[n["type"]]["input"] for n in ui["nodes"]}
     prompt = swap_loaders(ui_to_api(ui, types))
     assert not {n["class_type"] for n in prompt.values()} & set(TINY_LOADERS)  # no stock loader needs a file
+    before = set(os.listdir(server["base"]))
     entry = _run(server, prompt)
     assert entry["status"]["status_str"] == "success", entry["status"]
+    images = [img for node in entry["outputs"].values() for img in node.get("images", [])]
+    assert any(img["type"] == "output" for img in images), "no image was saved"
+    for img in images:  # saved images under output/, node previews under temp/
+        assert img["type"] in ("output", "temp"), img
+        assert (server["base"] / img["type"] / img["subfolder"] / img["filename"]).is_file()
+    assert set(os.listdir(server["base"])) - before <= {"output", "temp"}  # nothing beside ComfyUI's folders
     checks = [k for k, n in prompt.items() if n["class_type"] == "ExactInversion_RoundTripCheck"]
-    assert checks, prompt
-    for check in checks:  # e.g. EDICT with a ControlNet on both guiders, or the toy workflow's EDICT and BDIA rows
+    assert checks and set(checks) <= set(entry["outputs"]), prompt
+    for check in checks:  # every check fed by an exact solver (a ControlNet on both guiders, the toy's rows, ...)
         text = next(t for t in entry["outputs"][check]["text"] if "round trip" in t)
         solvers = upstream_solvers(prompt, check)
         assert len(solvers) == 1, (check, solvers)

@@ -276,3 +276,18 @@ def test_toy_checkpoint_is_read_and_checked_without_comfyui(tmp_path):
     safetensors.torch.save_file({"x": torch.zeros(2)}, str(foreign), metadata={"format": "pt"})
     with pytest.raises(checkpoint.ToyFileError, match=r"^is not an Exact Inversion toy model \(format 'pt'"):
         checkpoint.read(foreign)
+
+
+def test_unit_layer_never_imports_comfyui() -> None:
+    """CI runs this layer on one host only (.ci/run): that holds while no unit test module pulls ComfyUI in."""
+    code = (
+        "import importlib, pathlib, sys\n"
+        "sys.path[:0] = ['.', 'tests/unit']\n"
+        "for path in sorted(pathlib.Path('tests/unit').glob('*.py')):\n"
+        "    importlib.import_module(path.stem)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'nodes', 'folder_paths'))\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=repo)
+    assert r.returncode == 0, r.stdout + r.stderr
