@@ -11,7 +11,7 @@ demo: host
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
 
 test: host browser
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 lint: host
 	$(PY) -m ruff check .
