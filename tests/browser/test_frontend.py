@@ -152,7 +152,7 @@ def tree_leaves_under(folder: str) -> str:
         "return null; })()")
 
 
-def run_from_ui(page, server, timeout: float = 60.0) -> dict:
+def run_from_ui(page, server, timeout: float = 300.0) -> dict:
     """Queue the canvas as the Run button does, and wait (up to ``timeout`` s) for the server's history entry of
     that run, which appears when the run ends."""
     before = set(get_json(server["url"] + "/history"))

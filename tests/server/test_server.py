@@ -34,7 +34,7 @@ def server(tmp_path_factory):
         yield srv
 
 
-def _run(server, prompt: dict, timeout: float = 120.0) -> dict:
+def _run(server, prompt: dict, timeout: float = 600.0) -> dict:
     return run_prompt(server["url"], prompt, timeout, client_id=str(uuid.uuid4()))
 
 
