@@ -255,13 +255,17 @@ def test_export_layout() -> None:
     assert M.UNET_CONFIG["disable_self_attentions"] == [True, False, False]
 
 
-def test_toyworld_does_not_import_comfyui() -> None:
-    code = ("import sys, toyworld; "
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'nodes')]; "
-            "print(bad); sys.exit(1 if bad else 0)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                       cwd=Path(__file__).resolve().parents[2])
+def assert_no_comfyui_after(code: str) -> None:
+    """Run ``code`` in a fresh interpreter at the repo root; fail if it left a ComfyUI module imported."""
+    check = ("\nbad = sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('comfy', 'comfy_api', 'nodes', 'folder_paths'))\nprint(bad); sys.exit(1 if bad else 0)\n")
+    r = subprocess.run([sys.executable, "-c", "import sys\n" + code + check], capture_output=True, text=True,
+                       timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_toyworld_does_not_import_comfyui() -> None:
+    assert_no_comfyui_after("import toyworld")
 
 
 def test_toy_checkpoint_is_read_and_checked_without_comfyui(tmp_path):
@@ -280,14 +284,7 @@ def test_toy_checkpoint_is_read_and_checked_without_comfyui(tmp_path):
 
 def test_unit_layer_never_imports_comfyui() -> None:
     """CI runs this layer on one host only (.ci/run): that holds while no unit test module pulls ComfyUI in."""
-    code = (
-        "import importlib, pathlib, sys\n"
-        "sys.path[:0] = ['.', 'tests/unit']\n"
-        "for path in sorted(pathlib.Path('tests/unit').glob('*.py')):\n"
-        "    importlib.import_module(path.stem)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'nodes', 'folder_paths'))\n"
-        "print(bad); sys.exit(1 if bad else 0)\n"
-    )
-    repo = Path(__file__).resolve().parents[2]
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=repo)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert_no_comfyui_after("import importlib, pathlib\n"
+                            "sys.path[:0] = ['.', 'tests/unit']\n"
+                            "for path in sorted(pathlib.Path('tests/unit').glob('*.py')):\n"
+                            "    importlib.import_module(path.stem)")
