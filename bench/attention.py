@@ -77,6 +77,7 @@ SOLVERS: dict[str, tuple[str, dict[str, Any]]] = {
     "ddim": EQ.SOLVER_NODES["ddim"],
     "edict": EQ.SOLVER_NODES["edict_scaled"],
     "bdia": EQ.SOLVER_NODES["bdia_g08"],
+    "aidi": EQ.SOLVER_NODES["aidi_a"],
     "ees25": EQ.SOLVER_NODES["ees25"],
     "belm": EQ.SOLVER_NODES["belm"],
     "rex": EQ.SOLVER_NODES["rex"],

@@ -392,8 +392,9 @@ def _toy_inputs(g: Graph, with_target: bool = True) -> dict[str, Node]:
     return n
 
 
-def _toy_inversion(g: Graph, n: dict[str, Node], solver_label: str, col: int = 2) -> tuple[Node, Node]:
-    """Source guider (cfg 1), the grid and ``solver_label``'s solver, Invert, Reconstruct and its check."""
+def _toy_inversion(g: Graph, n: dict[str, Node], solver_label: str, col: int = 2) -> tuple[Node, Node, Node]:
+    """Source guider (cfg 1), the grid and ``solver_label``'s solver, Invert, Reconstruct and its check:
+    (source guider, Invert, Reconstruct)."""
     loader = n["loader"]
     g_src = g.add("CFGGuider", {"cfg": 1.0}, col, 0, "Source guider (inversion)", model=loader.out(0),
                   positive=n["src"].out(0), negative=n["neg"].out(0))
@@ -404,7 +405,7 @@ def _toy_inversion(g: Graph, n: dict[str, Node], solver_label: str, col: int = 2
                 sigmas=sigmas.out(0), latent=n["enc"].out(0))
     recon = g.add("ExactInversion_Edit", {}, col + 1, 1, "Reconstruct", guider=g_src.out(0), inversion=inv.out(0))
     g.add("ExactInversion_RoundTripCheck", {}, col + 1, 2, inversion=inv.out(0), result_latent=recon.out(0))
-    return g_src, inv
+    return g_src, inv, recon
 
 
 def _blended_widgets(local_blend: bool, eta: float = 0.0, seed: int = 0) -> dict[str, Any]:
@@ -425,7 +426,7 @@ def toy_attention_mask(prefix: str = "exact_inversion/toy_mask") -> Graph:
     """Where is 'red', where is 'green'? Attention masks of the inverted toy image, previewed and saved."""
     g = Graph()
     n = _toy_inputs(g, with_target=False)
-    g_src, inv = _toy_inversion(g, n, "EDICT")
+    g_src, inv, _ = _toy_inversion(g, n, "EDICT")
     for row, word in enumerate(("red", "green")):
         mask = g.add("ExactInversion_AttentionMask",
                      {"prompt": TOY_SOURCE, "words": word, "resolution": "all", "start": 0.0, "end": 1.0}, 4, row,
@@ -437,10 +438,11 @@ def toy_attention_mask(prefix: str = "exact_inversion/toy_mask") -> Graph:
 
 
 def toy_blended_edit(prefix: str = "exact_inversion/toy_blended") -> Graph:
-    """The same edit twice from one EDICT inversion: plain CFG, and blended guidance with local blend."""
+    """The same edit twice from one EDICT inversion: plain CFG, and blended guidance with local blend (the
+    demo's headline recipe); the reconstruction is saved too."""
     g = Graph()
     n = _toy_inputs(g)
-    _, inv = _toy_inversion(g, n, "EDICT")
+    _, inv, recon = _toy_inversion(g, n, "EDICT")
     loader = n["loader"]
     g_plain = g.add("CFGGuider", {"cfg": TOY_CFG_EDIT}, 4, 0, "Plain guider (edit)", model=loader.out(0),
                     positive=n["tgt"].out(0), negative=n["neg"].out(0))
@@ -451,6 +453,7 @@ def toy_blended_edit(prefix: str = "exact_inversion/toy_blended") -> Graph:
     blend = g.add("ExactInversion_Edit", {}, 5, 1, "Edit: blended", guider=g_blend.out(0), inversion=inv.out(0))
     _decode_save(g, n, plain.out(0), 6, 0, "plain edit", prefix)
     _decode_save(g, n, blend.out(0), 6, 1, "blended edit", prefix)
+    _decode_save(g, n, recon.out(0), 6, 2, "reconstruction", prefix)
     return g
 
 
@@ -462,7 +465,7 @@ def toy_stochastic_variants(prefix: str = "exact_inversion/toy_variants") -> Gra
     """Stochastic editing: one DDIM inversion, three seeded variants of the blended edit (noise inside the mask)."""
     g = Graph()
     n = _toy_inputs(g)
-    _, inv = _toy_inversion(g, n, "DDIM")
+    _, inv, _ = _toy_inversion(g, n, "DDIM")
     loader = n["loader"]
     for row, seed in enumerate(TOY_VARIANT_SEEDS):
         guider = g.add("ExactInversion_BlendedGuidance", _blended_widgets(True, TOY_VARIANT_ETA, seed), 4, row,

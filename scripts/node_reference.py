@@ -110,8 +110,9 @@ GUIDES: dict[str, Guide] = {
         "Guider the edit stays where the anchor word is. The node warns when the guider's model, source prompt "
         "or cfg are not the inversion's.",
         Picture("docs/demo_grid.png", "edit.png",
-                "An EDICT inversion of a red circle: input, reconstruction and the edit to a yellow circle.",
-                (0, 144, 444, 288))),
+                "An EDICT inversion of a red circle: input, reconstruction and the edit to a yellow circle with "
+                "the Blended Guidance Guider (local blend).",
+                (0, 0, 468, 144))),
     "ExactInversion_RoundTripCheck": Guide(
         "To see that an inversion is exact before you edit, or to compare solvers: connect the inversion (or "
         "the original latent) and the latent that Edit made with the same guider, or two decoded images. An "
