@@ -76,6 +76,8 @@ SOLVER_NODES: dict[str, tuple[str, dict[str, Any]]] = {
     # the few-step settings of the toy workflows (testbed.solver_nodes.FEW_STEPS)
     "edict_scaled": (NODES["edict"][0], {**NODES["edict"][1], **FEW_STEPS["edict"]}),
     "bdia_g08": (NODES["bdia"][0], {**NODES["bdia"][1], **FEW_STEPS["bdia"]}),
+    # gamma 0.8 given at 25 steps, scaled to gamma^(25/steps) at other step counts
+    "bdia_g08_scaled": (NODES["bdia"][0], {**NODES["bdia"][1], **FEW_STEPS["bdia"], "gamma_rule": "scaled"}),
 }
 METHODS = list(SOLVER_NODES)
 EDITS = ("shape_colour", "background_colour")

@@ -330,7 +330,7 @@ SOLVER_WIDGETS = {node_type: widgets for _, node_type, widgets in SOLVERS + NEWE
 #: at 25 steps (24 images: every edit reads right, 22 dB of background kept, exact); the authors' 0.5 for few
 #: steps amplifies the inversion by 3.4e7 there and is refused by bdia_guard.
 TOY_SOLVER_WIDGETS = {"EDICT": {"p": 0.93, "p_rule": "scaled", "state_dtype": "auto"},
-                      "BDIA": {"gamma": 0.8, "state_dtype": "auto"}}
+                      "BDIA": {"gamma": 0.8, "state_dtype": "auto", "gamma_rule": "scaled"}}
 TOY_SOURCE = "a red circle on a green background"
 TOY_TARGET = "a yellow circle on a green background"
 TOY_IMAGE = "toy_example.png"

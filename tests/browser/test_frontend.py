@@ -308,15 +308,17 @@ def test_bdia_hint_gives_the_servers_verdicts(page):
     """The hint's thresholds are solvers/bdia.py's: same verdict for every gamma and step count tried."""
     from solvers.bdia import bdia_guard
 
-    cases = [(g / 100, n) for g in range(50, 101, 5) for n in (10, 25, 49, 50, 100)]
+    cases = [(g / 100, n, rule) for g in range(50, 101, 5) for n in (10, 25, 49, 50, 100)
+             for rule in ("fixed", "scaled")]
     hint = page.js(f"import('/extensions/exact-inversion/bdia_hint.js').then((m) => "
-                   f"{json.dumps(cases)}.map(([g, n]) => m.bdiaVerdict(g, n).verdict))")
-    for (gamma, steps), verdict in zip(cases, hint, strict=True):
+                   f"{json.dumps(cases)}.map(([g, n, r]) => m.bdiaVerdict(g, n, r).verdict))")
+    for (gamma, steps, rule), verdict in zip(cases, hint, strict=True):
         try:
-            expected = "warns" if bdia_guard(gamma, steps) else "ok"
+            expected = "warns" if bdia_guard(gamma, steps, rule) else "ok"
         except ValueError:
             expected = "refused"
-        assert verdict == expected, (gamma, steps)
+        assert verdict == expected, (gamma, steps, rule)
+    assert {v for (_, _, rule), v in zip(cases, hint, strict=True) if rule == "scaled"} >= {"ok", "warns", "refused"}
 
 
 def test_bdia_hint_follows_gamma(page, artifacts):
@@ -333,6 +335,11 @@ def test_bdia_hint_follows_gamma(page, artifacts):
     assert hints[0.9][0] == "warning" and "50 steps: ×194 (warns)" in hints[0.9][1]
     assert hints[0.7][0] == "warning" and "25 steps: ×7.46e+3 (warns)" in hints[0.7][1]
     assert "50 steps: refused" in hints[0.7][1]
+    # scaled, 0.7 at 50 steps is 0.7^(1/2) = 0.84 there: the 25-step growth, warned, not refused
+    set_widget(page, node, "gamma_rule", "scaled")
+    scaled = page.js(f"{node}.widgets.find((w) => w.name === 'bdia_hint').element.textContent")
+    assert "25 steps: ×7.46e+3 (warns)" in scaled and "50 steps: ×7.46e+3 (warns)" in scaled, scaled
+    set_widget(page, node, "gamma_rule", "fixed")
     focus(page, node)
     page.screenshot(artifacts / "bdia_hint.png")
     assert not our_errors(page)

@@ -9,7 +9,7 @@ from testbed.solver_nodes import FEW_STEPS, SOLVER_NODES, solver_sampler
 
 #: recipe -> (SOLVER_NODES name, widget changes from that node's defaults), written out from the names
 RECIPES = {
-    "BDIA (gamma 0.8)": ("bdia", {"gamma": 0.8}),
+    "BDIA (gamma 0.8)": ("bdia", {"gamma": 0.8, "gamma_rule": "scaled"}),  # 0.8 at 25 steps, scaled elsewhere
     "EDICT (p 0.93, scaled)": ("edict", {"p": 0.93, "p_rule": "scaled"}),
     "Rex (euler)": ("rex", {"tableau": "euler"}),
     "BELM": ("belm", {}),

@@ -96,3 +96,14 @@ def test_parasitic_mode_grows_like_gamma_power(bed) -> None:
         assert gap(0.8, n) <= 1.5 * gap(1.0, n), n
     past = [gap(0.8, n) for n in (30, 40, 49)]
     assert past[0] < past[1] < past[2] and past[2] > 10 * gap(1.0, 49)
+
+
+def test_guard_under_the_scaled_rule_judges_the_gamma_it_uses() -> None:
+    """Scaled, gamma^-N is gamma's amplification at 25 steps whatever N: 0.8 (265) warns at every step count and is
+    never refused; 0.5 (3.4e7) is refused at every step count, and the message names the rule's own floor."""
+    for steps in (10, 25, 70, 200):
+        assert len(bdia_guard(0.8, steps, "scaled")) == 1, steps
+        assert "scaled to" in bdia_guard(0.8, steps, "scaled")[0]
+        with pytest.raises(ValueError, match=r"gamma = 0.5 \(scaled to .*Use gamma >= 0\.58 \(1\.0"):
+            bdia_guard(0.5, steps, "scaled")
+    assert bdia_guard(1.0, 200, "scaled") == []

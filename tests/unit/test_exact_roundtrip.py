@@ -176,3 +176,35 @@ def test_edict_parameters_saved_before_the_mixing_order_existed_run_back_the_old
     assert G.rel_error(EDICT().sample(den, saved, grid, sched), x0) > 1e-4
     with pytest.raises(ValueError, match="mixing must be one of authors, alternating"):
         EDICT(mixing="symmetric")
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_bdia_scaled_gamma_rule_is_exact_and_uses_gamma_to_the_25_over_n(bed, prediction) -> None:
+    """gamma_rule 'scaled' runs gamma^(25/N): at 25 steps it is the fixed rule, at 10 and 60 steps it is the fixed
+    rule at 0.8^2.5 and 0.8^(25/60) bit for bit, and the round trip stays exact (float64) at every step count,
+    including 70 steps where the fixed 0.8 is refused (0.8^-70 = 6e6)."""
+    from solvers.bdia import GAMMA_REFERENCE_STEPS, gamma_at
+
+    den, sched = bed.denoiser(prediction, 3.0), Schedule.for_prediction(prediction)
+    scaled = BDIA(0.8, gamma_rule="scaled")
+    for steps in (10, 25, 60):
+        grid = G.comfy_grid(prediction, steps)
+        x0 = bed.clean(prediction, grid)
+        used = 0.8 ** (GAMMA_REFERENCE_STEPS / steps)
+        assert gamma_at(0.8, "scaled", steps) == used and scaled.gamma_for(grid) == used
+        latents = scaled.invert(den, x0, grid, sched)
+        fixed = BDIA(used).invert(den, x0, grid, sched)
+        assert all(torch.equal(latents[k], fixed[k]) for k in ("x", "x_next")), steps
+        assert G.rel_error(scaled.sample(den, latents, grid, sched), x0) <= 1e-12, steps
+    grid = G.comfy_grid(prediction, 70)
+    with pytest.raises(ValueError, match="gamma_rule 'scaled'"):
+        BDIA(0.8).invert(den, bed.clean(prediction, grid), grid, sched)
+    assert G.roundtrip(scaled, den, bed.clean(prediction, grid), grid, sched) <= 1e-12
+
+
+def test_bdia_parameters_saved_before_the_gamma_rule_existed_mean_the_fixed_rule() -> None:
+    assert BDIA.from_params({"gamma": 0.8, "state_dtype": "float64"}).gamma_rule == "fixed"
+    restored = BDIA.from_params(BDIA(0.8, gamma_rule="scaled").params())
+    assert (restored.gamma, restored.gamma_rule) == (0.8, "scaled")
+    with pytest.raises(ValueError, match="gamma_rule must be 'fixed' or 'scaled'"):
+        BDIA(0.8, gamma_rule="auto")
