@@ -116,6 +116,9 @@ def _euler(x: Tensor, d: Tensor, s_from: Tensor, s_to: Tensor, schedule: Schedul
 class BDIA(Solver):
     """Exact inversion with a two-step recursion on (x, x_next); 1 model evaluation per step.
 
+    ``gamma_rule`` "scaled" runs gamma^(25/N) on an N-step grid (``gamma_at``), so one gamma edits alike at any
+    step count; invert and sample must then see the same grid (they must anyway: the pair lives on it).
+
     ``invert`` refuses what ``bdia_guard`` refuses; ``sample`` does not (its parasitic root -gamma
     is stable, so plain generation with a small gamma is fine). Sampling from the inverted pair runs
     the recursion directly (N - 1 model calls; the first callback reports ``x_next`` with no
