@@ -739,7 +739,8 @@ PINNED: dict[str, str] = {
         "node (e.g. 'DDIM Solver'); got KSAMPLER. Stock samplers such as euler cannot be inverted.",
     "bdia-gamma-0.5-at-50-steps": "Invert: input 'sampler' cannot invert on this grid: gamma = 0.5 with 50 steps "
         "cannot invert: BDIA inversion's parasitic mode grows like gamma^-N = 1.1e+15 (more than 1e+06), so the "
-        "inverted pair is mostly amplified error. Use gamma >= 0.76 at 50 steps (1.0 is the default), gamma_rule 'scaled', or fewer steps.",
+        "inverted pair is mostly amplified error. Use gamma >= 0.76 at 50 steps (1.0 is the default), gamma_rule "
+        "'scaled', or fewer steps.",
     "blended-guider-into-invert": "Blended Guidance Guider: this guider edits an inversion; connect it to 'Edit from "
         "Inversion' (it cannot drive SamplerCustomAdvanced or Invert)",
     "blended-guider-into-sampler-custom-advanced": "Blended Guidance Guider: this guider edits an inversion; connect "
