@@ -316,7 +316,7 @@ def main() -> None:
     print("\n".join(lines))
     print(f"\nwrote {args.out}/: report.md, grid.png, input.png, <solver>_reconstruction.png, "
           "<solver>_edit.png, toy_results.json, roundtrip.json, mask_red.png, edict_plain_edit.png, "
-          "edict_blended_edit.png, blended_grid.png, blended_results.json, "
+          "edict_blended_edit.png, edict_blended_reconstruction.png, blended_grid.png, blended_results.json, "
           "{nti,plain}_cfg7.5_{reconstruction,edit}.png, null_text_grid.png, null_text_results.json")
 
 
