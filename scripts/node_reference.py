@@ -67,7 +67,8 @@ GUIDES: dict[str, Guide] = {
         "right far more often on the embedded toy model."),
     "ExactInversion_BDIASolver": Guide(
         "The first choice for exact inversion: exact at DDIM's cost (one model evaluation per step). For edits "
-        "at about 25 steps use gamma 0.8, as the example workflows do; gamma 1 inverts most stably but leaves "
+        "use gamma 0.8 with gamma_rule 'scaled' (0.8 at 25 steps, adjusted to other step counts), as the example "
+        "workflows do; gamma 1 inverts most stably but leaves "
         "noise in edits at few steps. While you change gamma the node shows how much an inversion amplifies its "
         "error at 25 and 50 steps, and whether Invert will warn or refuse.",
         Picture("docs/ui/bdia_hint.png", "bdia_hint.png",
